@@ -1,0 +1,56 @@
+# kdlight — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdlight-installed
+FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
+EXPERIMENT ?= fmnist_mlp_kd
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train test test-all lint format tensorboard bench clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install kdlight with its dev, sweep and export extras
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export]'
+	touch $(STAMP)
+
+data: ## get Fashion-MNIST (Debian's dataset-fashion-mnist when root; else torchvision downloads it)
+	@if [ -d $(FMNIST_DEBIAN) ]; then echo "Fashion-MNIST: $(FMNIST_DEBIAN)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null \
+	  && echo "Fashion-MNIST installed in $(FMNIST_DEBIAN)"; \
+	else echo "Fashion-MNIST not installed system-wide; torchvision will download it into data/"; fi
+
+train: install data ## set up, then train the teacher (once) and distill the student: EXPERIMENT=fmnist_mlp_kd
+	$(PY) -m kdlight.train +experiment=$(EXPERIMENT) $(ARGS)
+
+test: install ## set up, then run the unit and smoke tests
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
+
+test-all: install data ## unit, smoke and slow (real-data) tests
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install ## ruff: lint and format check
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install ## ruff: fix and format
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+tensorboard: install ## open TensorBoard on every run under logs/
+	$(VENV)/bin/tensorboard --logdir logs
+
+bench: install data ## speed benchmarks (JSON on stdout; see benchmarks/)
+	$(PY) benchmarks/bench_kd.py
+
+clean: ## remove logs, stores, caches (keeps .venv and data/)
+	rm -rf logs store outputs multirun lightning_logs .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

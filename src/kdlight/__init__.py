@@ -1,0 +1,2 @@
+"""kdlight: knowledge distillation on Lightning + Hydra."""
+__version__ = "0.1.0"

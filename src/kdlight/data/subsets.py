@@ -1,0 +1,68 @@
+"""Seeded, stratified index subsets: validation split and labeled fractions."""
+
+from __future__ import annotations
+
+import torch
+
+from kdlight.errors import ConfigError
+
+
+def stratified_sample(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Return ``n`` sorted positions into ``labels``, class counts proportional to the classes'.
+
+    Per-class quotas use the largest-remainder method so they sum to exactly ``n``; which
+    samples of a class are taken depends only on ``seed``. Pure: same inputs, same output.
+    """
+    total = int(labels.numel())
+    if not 0 <= n <= total:
+        raise ConfigError(f"cannot take {n} samples out of {total}; n must be in [0, {total}].")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / total
+    quota = exact.floor().long()
+    short = n - int(quota.sum())
+    if short:
+        # ties broken by class order so the result stays deterministic
+        order = torch.argsort(exact - quota.double(), descending=True, stable=True)
+        quota[order[:short]] += 1
+    gen = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for cls, k in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = torch.nonzero(labels == cls, as_tuple=False).flatten()
+        perm = torch.randperm(members.numel(), generator=gen)
+        chosen.append(members[perm[:k]])
+    return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
+
+
+def split_train_val(
+    labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold ``val_size`` samples out of the training set, stratified: ``(train_idx, val_idx)``."""
+    n = int(labels.numel())
+    if not 0 <= int(val_size) < n:
+        raise ConfigError(
+            f"data.val_size={val_size} is invalid; it must be in [0, {n - 1}] for {n} training samples."
+        )
+    val = stratified_sample(labels, int(val_size), seed)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep, as_tuple=False).flatten(), val
+
+
+def labeled_subset(
+    indices: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int
+) -> torch.Tensor:
+    """Keep ``round(fraction * len(indices))`` of ``indices`` (positions into ``labels``), stratified."""
+    check_fraction(fraction)
+    if fraction == 1.0:
+        return indices
+    n = max(1, round(float(fraction) * indices.numel()))
+    picked = stratified_sample(labels[indices], n, seed + 1)
+    return indices[picked]
+
+
+def check_fraction(fraction: float) -> None:
+    """Raise :class:`ConfigError` unless 0 < fraction <= 1."""
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(
+            f"data.labeled_fraction={fraction} is invalid; it must be in (0, 1] (e.g. 0.05 for 5%)."
+        )

@@ -1,0 +1,223 @@
+"""Train a classifier or distill a student: ``python -m kdlight.train +experiment=NAME [overrides]``.
+
+With ``distill: null`` the student is trained alone with cross-entropy (teachers, baselines);
+with ``distill=hinton`` (or another loss) it learns from a frozen teacher, loaded from
+``teacher_ckpt`` or trained once into the teacher store. Each run writes its resolved config,
+checkpoints (``last.ckpt`` and the validation-best), TensorBoard events and ``metrics.json``
+(test accuracy of the last and of the validation-best checkpoint) into its own directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
+from kdlight.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The hyper-parameters that tell runs apart, flat (for metrics.json, reports, TensorBoard)."""
+    distill = cfg.get("distill")
+    opt = cfg.module.optimizer
+    hp: dict[str, Any] = {
+        "experiment": cfg.get("name"),
+        "seed": cfg.get("seed"),
+        "data": cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
+        "labeled_fraction": cfg.data.get("labeled_fraction", 1.0),
+        "unlabeled": cfg.data.get("unlabeled", False),
+        "augment": cfg.data.get("augment", False),
+        "batch_size": cfg.data.get("batch_size"),
+        "student": _model_name(cfg.student),
+        "optimizer": opt._target_.rsplit(".", 1)[-1],
+        "lr": opt.get("lr"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "method": "none" if distill is None else distill._target_.rsplit(".", 1)[-1],
+    }
+    if distill is not None:
+        hp["teacher"] = _model_name(cfg.teacher)
+        for k, v in distill.items():
+            if not k.startswith("_") and isinstance(v, int | float | str | bool):
+                hp[k] = v
+    return hp
+
+
+def _model_name(node: DictConfig) -> str:
+    name = node._target_.rsplit(".", 1)[-1]
+    if "depth" in node:
+        name += f"-{node.depth}"
+    if "hidden" in node:
+        name += "-" + "-".join(str(h) for h in node.hidden)
+    return name
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, before any work, on inconsistent settings."""
+    distill = cfg.get("distill")
+    unlabeled = bool(cfg.data.get("unlabeled", False))
+    if distill is None and unlabeled:
+        raise ConfigError(
+            "data.unlabeled=true but no distillation is configured; cross-entropy training needs "
+            "labels, so add distill=hinton distill.alpha=1.0 or set data.unlabeled=false."
+        )
+    if distill is not None and unlabeled and float(distill.get("alpha", 1.0)) != 1.0:
+        raise ConfigError(
+            f"data.unlabeled=true with distill.alpha={distill.alpha}: the (1 - alpha) cross-entropy "
+            "term needs labels; set distill.alpha=1.0 to learn from the teacher's targets alone."
+        )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment described by ``cfg``; return the metrics written to ``metrics.json``."""
+    check_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics_path = out / "metrics.json"
+    hp = hparams_of(cfg)
+    started = time.time()
+    atomic_write_json(metrics_path, {"status": "running", "hparams": hp})
+    try:
+        metrics = _run(cfg, out, hp)
+    except BaseException as exc:
+        user = find_user_error(exc)
+        atomic_write_json(
+            metrics_path,
+            {"status": "failed", "hparams": hp, "error": str(user or exc) or type(exc).__name__,
+             "wall_s": round(time.time() - started, 2)},
+        )
+        raise
+    metrics.update(status="finished", hparams=hp, wall_s=round(time.time() - started, 2))
+    atomic_write_json(metrics_path, metrics)
+    log.info("metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
+    return metrics
+
+
+def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    student = instantiate(cfg.student)
+    num_classes = datamodule.num_classes
+    metrics: dict[str, Any] = {}
+    module_cfg = cfg.module
+    optimizer = instantiate(module_cfg.optimizer)
+    scheduler = instantiate(module_cfg.scheduler) if module_cfg.get("scheduler") else None
+    example = datamodule.view_batch(datamodule.val_idx[:2] if datamodule.val_idx.numel() else datamodule.train_idx[:2], None)
+    if cfg.get("distill") is None:
+        from kdlight.modules.classifier import ClassifierModule
+
+        _check_classes(student, example, num_classes)
+        module = ClassifierModule(student, num_classes, optimizer, scheduler, compile=module_cfg.get("compile", False))
+    else:
+        from kdlight.modules.distill import DistillationModule, check_compatible
+        from kdlight.teacher import build_teacher
+
+        loss = instantiate(cfg.distill)
+        teacher, info = build_teacher(cfg, datamodule)
+        if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
+            L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            student = instantiate(cfg.student)
+        check_compatible(student, teacher, example)
+        _check_classes(student, example, num_classes)
+        metrics.update({f"teacher/{k}": v for k, v in info.items()})
+        store = _teacher_store(cfg, teacher, datamodule)
+        module = DistillationModule(
+            student, teacher, loss, num_classes, optimizer, scheduler,
+            compile=module_cfg.get("compile", False), teacher_store=store,
+            log_agreement=module_cfg.get("log_agreement", True),
+        )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    last = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics["test/acc_last"] = float(last[0]["test/acc"])
+    if "test/agreement" in last[0]:
+        metrics["test/agreement_last"] = float(last[0]["test/agreement"])
+    if ckpt_cb is not None and ckpt_cb.best_model_path:
+        best = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_cb.best_model_path, verbose=False)
+        metrics["test/acc_best"] = float(best[0]["test/acc"])
+        if "test/agreement" in best[0]:
+            metrics["test/agreement_best"] = float(best[0]["test/agreement"])
+        metrics["val/acc_best"] = float(ckpt_cb.best_model_score)
+        metrics["best_checkpoint"] = str(ckpt_cb.best_model_path)
+        metrics["best_epoch"] = int(torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=True)["epoch"])
+    else:  # no checkpoint written (e.g. fast_dev_run): the last weights are all there is
+        metrics["test/acc_best"] = metrics["test/acc_last"]
+    metrics["epochs"] = int(trainer.current_epoch)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hp, {"hp_metric": metrics["test/acc_best"], "test/acc_last": metrics["test/acc_last"]})
+        lg.finalize("success")
+    return metrics
+
+
+def _teacher_store(cfg: DictConfig, teacher, datamodule):
+    store_cfg = cfg.get("teacher_store")
+    if not store_cfg or not store_cfg.get("enabled", False):
+        return None
+    from kdlight.checkpoints import weights_hash
+    from kdlight.store import TeacherLogitStore
+    from kdlight.teacher import key_hash
+
+    idx = datamodule.train_idx
+    key = {
+        "teacher": weights_hash(teacher),
+        "data": datamodule.name,
+        "fingerprint": datamodule.fingerprint(),
+        "indices": key_hash({"idx": idx.tolist()}),
+        "transform": datamodule.transform_key(),
+    }
+    root = Path(hydra.utils.to_absolute_path(cfg.paths.store_dir)) / "logits"
+    return TeacherLogitStore(root, key, num_samples=int(idx.numel()), num_classes=datamodule.num_classes,
+                             dtype=store_cfg.get("dtype", "float16"))
+
+
+def _check_classes(net, example, num_classes: int) -> None:
+    with torch.no_grad():
+        was = net.training
+        net.eval()
+        try:
+            out = net(example)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"the model {type(net).__name__} cannot take this dataset's inputs of shape "
+                f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
+            ) from None
+        net.train(was)
+    if out.shape[1] != num_classes:
+        raise ConfigError(
+            f"the model {type(net).__name__} predicts {out.shape[1]} classes but the data has "
+            f"{num_classes}; set the model's num_classes={num_classes}."
+        )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the validation-best accuracy (for Hydra sweepers)."""
+    if cfg.get("print_config", False):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = run(cfg)
+    return metrics.get("val/acc_best", metrics.get("test/acc_best"))
+
+
+__all__ = ["main", "run", "hparams_of", "check_config", "KdlightError"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny IDX / image-folder datasets written by the tests, and composed configs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(ROOT / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    """Write ``array`` (uint8) in the IDX format (magic 0x0803 for images, 0x0801 for labels)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_images(n: int, size: int, channels: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable toy images: each class lights a different band of rows, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, size, size, channels), dtype=np.int64)
+    band = max(1, size // num_classes)
+    for i, c in enumerate(y):
+        x[i, c * band : (c + 1) * band] += 180
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+def write_mnist_like(root: Path, name: str = "fashion_mnist", n_train: int = 300, n_test: int = 100) -> Path:
+    d = root / name
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        x, y = make_images(n, 28, 1, 10, seed)
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", x[..., 0])
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def write_image_folder(root: Path, n_train: int = 200, n_test: int = 60, size: int = 32) -> Path:
+    from PIL import Image
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = make_images(n, size, 3, 10, seed)
+        for i, (img, c) in enumerate(zip(x, y, strict=True)):
+            p = root / split / classes[c] / f"{i:04d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(p)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A data_dir holding tiny MNIST, Fashion-MNIST (IDX) and CIFAR-10 (image folder) sets."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root, "fashion_mnist")
+    write_mnist_like(root, "mnist")
+    write_image_folder(root / "cifar10")
+    return root
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path, data_dir: Path, store_dir: Path | None = None) -> DictConfig:
+    """The config a user would get, made tiny: CPU, few samples, no progress bar."""
+    base = [
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.store_dir={store_dir or tmp_path / 'store'}",
+        "data.download=false",
+        "data.val_size=50",
+        "data.batch_size=32",
+        "data.eval_batch_size=64",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+        "~callbacks.progress_bar",
+        "teacher_train.max_epochs=1",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=base + overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_data_dir):
+    def _make(*overrides: str, store_dir: Path | None = None) -> DictConfig:
+        return compose_cfg(list(overrides), tmp_path, tiny_data_dir, store_dir)
+
+    return _make

@@ -1,0 +1,22 @@
+"""Every experiment config composes and runs one fast_dev_run step on tiny CPU data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlight.train import run
+from tests.conftest import EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs(experiment, make_cfg):
+    cfg = make_cfg(f"+experiment={experiment}", "+trainer.fast_dev_run=true")
+    metrics = run(cfg)
+    assert metrics["status"] == "finished"
+    assert 0.0 <= metrics["test/acc_last"] <= 1.0
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert written["test/acc_best"] == metrics["test/acc_best"]
+    assert written["hparams"]["experiment"] == cfg.name

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlight.errors import ConfigError
+from kdlight.losses import HintonKD, hinton_kd_loss, soft_kl
+
+
+def test_kd_term_is_zero_when_student_equals_teacher():
+    logits = torch.randn(8, 10)
+    out = hinton_kd_loss(logits, logits.clone(), None, alpha=1.0, temperature=4.0)
+    assert out["loss_kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hand_computed_value_two_classes():
+    # teacher p = softmax([ln 3, 0]) = [3/4, 1/4], student p = [1/2, 1/2], T = 1:
+    # KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308120...
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[math.log(3.0), 0.0]])
+    assert soft_kl(s, t, 1.0).item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6)
+    # T = 2: teacher p = [sqrt3, 1] / (sqrt3 + 1); times T^2 = 4 -> 0.1453631...
+    assert soft_kl(s, t, 2.0).item() == pytest.approx(0.1453631, rel=1e-5)
+
+
+def test_t_squared_scaling_and_batchmean():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 7), torch.randn(5, 7)
+    for temp in (1.0, 2.0, 10.0):
+        q_t = F.softmax(t / temp, dim=1)
+        q_s = F.softmax(s / temp, dim=1)
+        kl_per_sample = (q_t * (q_t.log() - q_s.log())).sum(dim=1)
+        expected = temp**2 * kl_per_sample.mean()
+        assert soft_kl(s, t, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_legacy_reduction_is_one_over_num_classes():
+    torch.manual_seed(1)
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    assert soft_kl(s, t, 3.0, "legacy").item() == pytest.approx(soft_kl(s, t, 3.0).item() / 10, rel=1e-5)
+
+
+def test_alpha_weights_the_soft_term():
+    torch.manual_seed(2)
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    y = torch.randint(0, 10, (6,))
+    out = hinton_kd_loss(s, t, y, alpha=0.7, temperature=5.0)
+    assert out["loss_ce"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.7 * out["loss_kd"].item() + 0.3 * out["loss_ce"].item(), rel=1e-6)
+
+
+def test_gradient_flows_to_student_only():
+    s = torch.randn(3, 10, requires_grad=True)
+    t = torch.randn(3, 10, requires_grad=True)
+    hinton_kd_loss(s, t.detach(), torch.tensor([0, 1, 2]), 0.5, 4.0)["loss"].backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"alpha": 1.5, "temperature": 4.0}, "alpha=1.5"),
+        ({"alpha": -0.1, "temperature": 4.0}, "alpha=-0.1"),
+        ({"alpha": 0.5, "temperature": 0.0}, "temperature=0.0"),
+        ({"alpha": 0.5, "temperature": -2.0}, "temperature=-2.0"),
+        ({"alpha": 0.5, "temperature": 2.0, "reduction": "mean"}, "reduction='mean'"),
+    ],
+)
+def test_invalid_parameters_are_refused(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        HintonKD(**kwargs)
+
+
+def test_unlabeled_needs_alpha_one():
+    with pytest.raises(ConfigError, match="alpha=0.9"):
+        hinton_kd_loss(torch.randn(2, 3), torch.randn(2, 3), None, alpha=0.9, temperature=2.0)
+    assert HintonKD(alpha=1.0).needs_labels is False
+    assert HintonKD(alpha=0.5).needs_labels is True
