@@ -1,0 +1,64 @@
+"""FitNets and data-free KD end to end through ``kdlight.train.run`` on tiny CPU data."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+
+from kdlight.train import run
+from tests.smoke import recorder
+
+RECORD = ["+callbacks.recorder._target_=tests.smoke.recorder.LossRecorder", "trainer.log_every_n_steps=1"]
+SPLITS: list[str] = []
+
+
+class SplitRecorder(L.Callback):
+    """Records the ``split`` of every training batch the student gets."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        SPLITS.append(batch.get("split"))
+
+
+def test_fitnets_hint_stage_then_kd_stage_with_logits_from_the_store(make_cfg, tmp_path):
+    recorder.RECORDS.clear()
+    # augment: one view per epoch, so the store's files show which epochs consulted it
+    cfg = make_cfg(
+        "+experiment=fmnist_mlp_kd", "distill=fitnets", "distill.module.hint_epochs=1", "data.augment=true",
+        "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "teacher_store.enabled=true", *RECORD,
+    )  # fmt: skip
+    metrics = run(cfg)
+    assert metrics["status"] == "finished" and metrics["epochs"] == 2
+    assert metrics["hparams"]["method"] == "FitNetsModule" and metrics["hparams"]["hint_epochs"] == 1
+    stage1, stage2 = recorder.RECORDS[:3], recorder.RECORDS[3:]
+    assert len(stage2) == 3
+    assert all("train/loss_hint" in r and "train/loss_kd" not in r for r in stage1)
+    assert all("train/loss_kd" in r and "train/loss_ce" in r for r in stage2)
+    views = sorted(p.name for p in (tmp_path / "store" / "logits").glob("*/view_*.npy"))
+    assert views == ["view_1.npy"]  # hint training (epoch 0) never asked the store
+
+
+def test_data_free_trains_on_the_transfer_set_only(make_cfg, tmp_path):
+    SPLITS.clear()
+    recorder.RECORDS.clear()
+    cfg = make_cfg(
+        "+experiment=fmnist_mlp_data_free", "distill.module.num_samples=48", "distill.module.batch_size=24",
+        "distill.module.steps=3", "trainer.max_epochs=2", *RECORD,
+        "+callbacks.splits._target_=tests.smoke.test_beyond_hinton.SplitRecorder",
+    )  # fmt: skip
+    metrics = run(cfg)
+    assert metrics["status"] == "finished"
+    assert metrics["hparams"]["method"] == "DataFreeModule" and metrics["hparams"]["alpha"] == 1.0
+    assert metrics["hparams"]["distill.module.batch_size"] == 24  # not the data's batch_size
+    assert SPLITS and set(SPLITS) == {"transfer"}  # 48 samples, batch 32: 2 per epoch
+    assert len(SPLITS) == 4
+    assert all(r["train/loss_ce"] == 0.0 and r["train/loss_kd"] > 0 for r in recorder.RECORDS)
+    folder = next((tmp_path / "store" / "datafree").iterdir())
+    assert (folder / "stats.pt").is_file() and list(folder.glob("transfer-*.pt"))
+    assert 0.0 <= metrics["test/acc_best"] <= 1.0
+
+
+def test_data_free_rejects_alpha_below_one(make_cfg):
+    from kdlight.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alpha=0.5"):
+        run(make_cfg("+experiment=fmnist_mlp_data_free", "distill.alpha=0.5", "+trainer.fast_dev_run=true"))

@@ -1,0 +1,33 @@
+import torch
+
+from kdlight.data.mnist import MNISTDataModule
+
+
+def _dm(data_dir, **kw):
+    dm = MNISTDataModule(name="fashion_mnist", data_dir=str(data_dir), download=False, val_size=50, batch_size=32, **kw)
+    dm.setup()
+    return dm
+
+
+def test_splits_are_disjoint_and_fraction_applies(tiny_data_dir):
+    dm = _dm(tiny_data_dir, labeled_fraction=0.5)
+    assert dm.val_idx.numel() == 50
+    assert dm.train_idx.numel() == 125  # half of the 250 left after validation
+    assert set(dm.train_idx.tolist()).isdisjoint(dm.val_idx.tolist())
+
+
+def test_batches_are_normalised_floats_with_labels(tiny_data_dir):
+    dm = _dm(tiny_data_dir)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].dtype == torch.uint8 and batch["x"].shape == (32, 1, 28, 28)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out["x"].dtype == torch.float32
+    assert torch.equal(out["y"], dm.arrays.train_y[out["idx"]])
+
+
+def test_unlabeled_training_batches_carry_no_labels(tiny_data_dir):
+    dm = _dm(tiny_data_dir, unlabeled=True)
+    for batch in dm.train_dataloader():
+        assert "y" not in batch
+    assert "y" in next(iter(dm.val_dataloader()))
+    assert "y" in next(iter(dm.test_dataloader()))

@@ -1,0 +1,75 @@
+import functools
+
+import torch
+
+from kdlight.losses import HintonKD
+from kdlight.models.mlp import MLP
+from kdlight.modules.classifier import ClassifierModule
+from kdlight.modules.distill import DistillationModule
+
+SGD = functools.partial(torch.optim.SGD, lr=0.1)
+
+
+def _batch(n=8, labels=True):
+    b = {"x": torch.randn(n, 1, 28, 28), "idx": torch.arange(n), "split": "train"}
+    if labels:
+        b["y"] = torch.randint(0, 10, (n,))
+    return b
+
+
+def _distiller(alpha=0.5):
+    teacher = MLP(784, (32,), dropout=0.5)
+    student = MLP(784, (16, 16))
+    return DistillationModule(student, teacher, HintonKD(alpha, 4.0), 10, SGD), teacher, student
+
+
+def test_mlp_parameter_counts_match_the_study():
+    assert sum(p.numel() for p in MLP(784, (1200, 1200), dropout=0.8).parameters()) == 2_395_210
+    assert sum(p.numel() for p in MLP(784, (800, 800)).parameters()) == 1_276_810
+
+
+def test_gradients_reach_every_student_parameter_and_never_the_teacher():
+    module, teacher, student = _distiller()
+    module.train()
+    loss = module.training_step(_batch(), 0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_stays_in_eval_mode_and_out_of_the_optimizer():
+    module, teacher, student = _distiller()
+    module.train()
+    assert student.training and not teacher.training
+    assert not any(m.training for m in teacher.modules())
+    opt = module.configure_optimizers()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in student.parameters()}
+
+
+def test_teacher_is_deterministic_despite_dropout():
+    module, teacher, _ = _distiller()
+    module.train()
+    b = _batch()
+    assert torch.equal(module.teacher_logits(b), module.teacher_logits(b))
+
+
+def test_checkpoint_leaves_the_teacher_out():
+    module, _, _ = _distiller()
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
+def test_unlabeled_batch_with_alpha_one_trains_without_labels():
+    module, _, student = _distiller(alpha=1.0)
+    loss = module.training_step(_batch(labels=False), 0)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_classifier_gradients():
+    net = MLP(784, (16,))
+    module = ClassifierModule(net, 10, SGD)
+    module.training_step(_batch(), 0).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
