@@ -1,0 +1,239 @@
+"""Load network weights from the checkpoint formats users already hold, safely.
+
+Every file is read with ``torch.load(path, map_location="cpu", weights_only=True)``: a file
+whose unpickling would run code is refused, never executed. Recognised formats:
+
+- ``kd-project``: the original KD project's ``best.pth.tar`` = ``{'epoch', 'state_dict',
+  'optim_dict'}`` (teachers trained under ``nn.DataParallel`` carry a ``module.`` prefix);
+- ``bearpaw``: bearpaw/pytorch-classification's ``checkpoint.pth.tar`` / ``model_best.pth.tar``
+  = ``{'epoch', 'state_dict', 'acc', 'best_acc', 'optimizer'}``, keys prefixed ``module.``;
+- ``lightning``: a kdlight Lightning checkpoint; the network is ``student.*`` if present, else
+  ``net.*`` (ClassifierModule, DistillationModule); ``teacher.*`` and other keys are ignored;
+- ``kdlight-store``: a teacher-store file ``{'state_dict': <net state dict>, 'kdlight': {meta}}``;
+- ``state_dict``: a bare state dict (or ``{'state_dict': ...}`` with nothing else we know).
+
+Prefixes are stripped (also ``_orig_mod.`` from ``torch.compile``), then the weights are
+loaded strictly; a mismatch raises :class:`~kdlight.errors.CheckpointError` naming the
+missing/unexpected keys and the first shape mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdlight.errors import CheckpointError
+
+_SHOWN = 3  # how many example keys an error message lists
+_LIGHTNING_PREFIXES = ("student.", "net.")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Buffers that PyTorch < 0.4.1 did not save; BatchNorm fills them in itself on load.
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``path`` safely; return the network's state dict (prefix stripped) and its metadata.
+
+    The metadata always has ``format`` (one of the names in this module's docstring) and
+    ``path``; where the file records them also ``epoch``, ``best_acc``, ``acc``,
+    ``global_step``, ``prefix`` (what was stripped) and, for the teacher store, its own keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    # torch.save writes a zip archive ("PK"), or before PyTorch 1.6 a protocol-2 pickle (0x80).
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":
+        what = "it is empty" if not magic else "it is neither a zip archive nor a pickle"
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint file: {what}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it is not a weights-only file and loading it "
+            f"would execute code ({_refusal_detail(exc)})."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
+        detail = _first_line(exc)
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch file, it may be corrupt or truncated "
+            f"({type(exc).__name__}{': ' + detail if detail else ''})."
+        ) from exc
+    state, meta = _extract(obj, path)
+    state, wrappers = _strip_wrappers(state)
+    if wrappers:
+        meta["prefix"] = (meta.get("prefix") or "") + wrappers
+    meta["path"] = str(path)
+    return state, meta
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Return the network state dict stored in ``path`` (any recognised format, prefix stripped)."""
+    return read_checkpoint(path)[0]
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load the weights in ``path`` into ``model`` strictly; return the checkpoint's metadata.
+
+    Raises :class:`CheckpointError` when the keys or shapes do not fit ``model``'s
+    architecture, naming the first few missing and unexpected keys and the first shape
+    mismatch. ``num_batches_tracked`` buffers may be absent (checkpoints from PyTorch < 0.4.1).
+    """
+    state, meta = read_checkpoint(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(_OPTIONAL_SUFFIXES)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{_count(missing, 'missing key')} ({_examples(missing)})")
+        if unexpected:
+            problems.append(f"{_count(unexpected, 'unexpected key')} ({_examples(unexpected)})")
+        if mismatched:
+            key, theirs, ours = mismatched[0]
+            problems.append(
+                f"{_count(mismatched, 'shape mismatch')} (first: {key} is {list(theirs)} in the "
+                f"checkpoint but {list(ours)} in the model)"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {', '.join(problems)}."
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # defensive: the checks above should catch every mismatch
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {_first_line(exc)}."
+        ) from exc
+    return meta
+
+
+def weights_hash(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 hex digest of a model's state dict: every key, dtype, shape and byte, in key order.
+
+    Equal weights give equal hashes on any device; use it in cache keys (e.g. teacher logits).
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    digest = hashlib.sha256()
+    for key, tensor in state.items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _extract(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a loaded checkpoint object into (state dict, metadata) by recognising its format."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} is not a state dict: it holds a {type(obj).__name__}, "
+            "not a mapping of parameter names to tensors."
+        )
+    inner = obj.get("state_dict")
+    if isinstance(inner, Mapping):
+        meta: dict[str, Any]
+        if "pytorch-lightning_version" in obj:
+            meta = {"format": "lightning"}
+            for k in ("epoch", "global_step", "pytorch-lightning_version"):
+                if k in obj:
+                    meta[k] = obj[k]
+            state, prefix = _lightning_network(inner, path)
+            meta["prefix"] = prefix
+        elif isinstance(obj.get("kdlight"), Mapping):
+            meta = {**obj["kdlight"], "format": "kdlight-store"}
+            state = dict(inner)
+        elif "optim_dict" in obj:
+            meta = {"format": "kd-project", **_pick(obj, "epoch")}
+            state = dict(inner)
+        elif "best_acc" in obj or "optimizer" in obj:
+            meta = {"format": "bearpaw", **_pick(obj, "epoch", "acc", "best_acc")}
+            state = dict(inner)
+        else:
+            meta = {"format": "state_dict", **_pick(obj, "epoch")}
+            state = dict(inner)
+    else:
+        meta = {"format": "state_dict"}
+        state = dict(obj)
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad or not state:
+        what = f"entry {bad[0]!r} is a {type(state[bad[0]]).__name__}" if bad else "it is empty"
+        raise CheckpointError(
+            f"checkpoint {path} is not a state dict: {what}, where parameter tensors were expected."
+        )
+    return state, meta
+
+
+def _lightning_network(
+    state: Mapping[str, torch.Tensor], path: Path
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The trained network's weights (``student.*``, else ``net.*``) in a Lightning state dict."""
+    for prefix in _LIGHTNING_PREFIXES:
+        picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if picked:
+            return picked, prefix
+    roots = sorted({k.split(".", 1)[0] + "." for k in state})
+    raise CheckpointError(
+        f"checkpoint {path} is a Lightning checkpoint without 'student.' or 'net.' weights "
+        f"(its keys start with {', '.join(roots[:_SHOWN]) or 'nothing'})."
+    )
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Strip prefixes shared by every key that wrappers add: ``nn.DataParallel``/DDP
+    (``module.``) and ``torch.compile`` (``_orig_mod.``), in any nesting."""
+    stripped = ""
+    while True:
+        for prefix in _WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped += prefix
+                break
+        else:
+            return state, stripped
+
+
+def _pick(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    out = {}
+    for k in keys:
+        if k in obj:
+            v = obj[k]
+            out[k] = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+    return out
+
+
+def _count(items: list, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("ch") else "s")
+    return f"{len(items)} {noun if len(items) == 1 else plural}"
+
+
+def _examples(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (", ..." if len(keys) > _SHOWN else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of ``exc``'s message, so our own message stays one sentence."""
+    text = str(exc).strip().splitlines()
+    return text[0].strip().split(". ")[0].rstrip(".") if text else ""
+
+
+def _refusal_detail(exc: BaseException) -> str:
+    """The line of torch's weights-only error that names what was blocked (e.g. a global)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(boilerplate):
+            return line.rstrip(".")
+    return "a global or opcode outside torch's weights-only allowlist"
