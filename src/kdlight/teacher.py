@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
             state, meta = _train(cfg, net, datamodule, folder, key, h)
             atomic_torch_save({"state_dict": state, "kdlight": meta}, path)
             (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            shutil.rmtree(folder / "ckpt", ignore_errors=True)  # teacher.pt holds all that is needed
         else:
             log.info("reusing stored teacher %s (val acc %.4f)", path, meta.get("val_acc", float("nan")))
     load_weights(net, path)
@@ -117,6 +119,7 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
         optimizer=instantiate(tt.optimizer),
         scheduler=instantiate(tt.scheduler) if tt.get("scheduler") else None,
     )
+    shutil.rmtree(folder / "ckpt", ignore_errors=True)  # leftovers of an interrupted training
     ckpt_cb = ModelCheckpoint(dirpath=folder / "ckpt", monitor="val/acc", mode="max", filename="best", save_last=False)
     callbacks = [ckpt_cb] + [c for c in _progress_callbacks(cfg)]
     trainer = instantiate(
