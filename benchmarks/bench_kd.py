@@ -1,0 +1,680 @@
+"""Training speed of kdlight vs a plain PyTorch KD loop; prints one JSON document on stdout.
+
+Usage: ``.venv/bin/python benchmarks/bench_kd.py [--cases fmnist_mlp,cifar_resnet18_cnn,sweep10] [--quick]``
+(see benchmarks/README.md for what each case measures). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+CONF_DIR = ROOT / "conf"
+if (
+    str(BENCH_DIR) not in sys.path
+):  # Hydra instantiates bench_kd.EpochTimer and imports plain_kd_loop
+    sys.path.insert(0, str(BENCH_DIR))
+
+CASES = ("fmnist_mlp", "cifar_resnet18_cnn", "sweep10")
+SWEEP_GRID = [(alpha, t) for t in (5.0, 20.0) for alpha in (0.3, 0.5, 0.7, 0.9, 0.95)]
+KD_WARM_OVER_STUDENT_TARGET = 1.15
+
+
+class EpochTimer(L.Callback):
+    """Times each training epoch, the teacher-store work inside it, and counts its samples; writes JSON to ``out``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.epochs: list[dict[str, Any]] = []
+        self._store_s = 0.0
+        self._computed = 0
+        self._samples = 0
+        self._steps = 0
+        self._t0 = 0.0
+        self._has_store = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        store = getattr(pl_module, "teacher_store", None)
+        self._has_store = store is not None
+        if store is None:
+            return
+        get = store.get
+
+        def timed_get(view, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                self._computed += 0 if store.has(view) else 1
+                return get(view, *args, **kwargs)
+            finally:
+                self._store_s += time.perf_counter() - start
+
+        store.get = (
+            timed_get  # the module calls store.get once per epoch, in its on_train_epoch_start
+        )
+
+    def _now(self, pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._store_s, self._computed, self._samples, self._steps = 0.0, 0, 0, 0
+        self._t0 = self._now(
+            pl_module
+        )  # callbacks run before the module's hook, so a store fill is inside
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += int(batch["idx"].numel())
+        self._steps += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = self._now(pl_module) - self._t0
+        epoch = {
+            "epoch": int(trainer.current_epoch),
+            "seconds": seconds,
+            "samples": self._samples,
+            "steps": self._steps,
+        }
+        if self._has_store:
+            epoch.update(store_s=self._store_s, store_views_computed=self._computed)
+        self.epochs.append(epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        Path(self.out).write_text(json.dumps({"epochs": self.epochs}))
+
+
+@dataclass
+class Options:
+    """What to run and how big."""
+
+    cases: tuple[str, ...]
+    quick: bool
+    device: str
+    batch_size: int
+    val_size: int
+    num_workers: int
+    data_dir: str
+    fmnist_epochs: int
+    fmnist_samples: int | None
+    cifar_steps: int
+    sweep_runs: int
+    sweep_plain_runs: int
+    sweep_fraction: float
+    sweep_samples: int | None
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _r(x: float, nd: int = 4) -> float:
+    return round(float(x), nd)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return _r(a / b) if b > 0 and math.isfinite(a / b) else None
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout meanwhile (Python and C level, worker processes too) to stderr."""
+    sys.stdout.flush()
+    real = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(real, 1)
+        os.close(real)
+
+
+def _quiet() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "kdlight"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*module\\(s\\) in eval mode.*",
+        ".*isinstance\\(treespec.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _compose(experiment: str, overrides: list[str], out_dir: Path, store_dir: Path, o: Options):
+    """The config a user gets for ``+experiment=NAME``, with benchmark plumbing: no logger, bar, validation."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    base = [
+        f"+experiment={experiment}",
+        f"paths.data_dir={o.data_dir}",
+        f"paths.output_dir={out_dir}",
+        f"paths.store_dir={store_dir}",
+        f"trainer.accelerator={'gpu' if o.device == 'cuda' else 'cpu'}",
+        f"data.batch_size={o.batch_size}",
+        f"data.val_size={o.val_size}",
+        "~logger",
+        "callbacks=none",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+        "+trainer.enable_checkpointing=false",  # else Lightning adds a default ModelCheckpoint
+        "+trainer.limit_val_batches=0",  # only training is timed; validation would only add noise
+        f"data.eval_batch_size={o.batch_size}",
+        "+trainer.limit_test_batches=1",  # run() always tests: one training-sized batch keeps it small
+        "module.log_agreement=false",  # else the test pass runs the teacher over the test set
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=base + overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    return cfg
+
+
+def _subset(train_y: torch.Tensor, o: Options, samples: int | None) -> tuple[torch.Tensor, float]:
+    """kdlight's training indices for ``samples`` (None: all) and the ``data.labeled_fraction`` giving them."""
+    from kdlight.data.subsets import labeled_subset, split_train_val
+
+    pool, _ = split_train_val(train_y, o.val_size, 0)
+    fraction = 1.0 if samples is None or samples >= pool.numel() else samples / pool.numel()
+    return labeled_subset(pool, train_y, fraction, 0), fraction
+
+
+def _save_teacher(cfg, path: Path) -> Path:
+    """Save a randomly initialised teacher's state_dict (its BatchNorm statistics set on random inputs)."""
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    net = instantiate(cfg.teacher)
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        shape = (64, 3, 32, 32) if "cifar" in cfg.data._target_.lower() else (64, 1, 28, 28)
+        net.train()
+        with torch.no_grad():  # a few passes so eval-mode logits stay in float16's range
+            for _ in range(3):
+                net(torch.randn(shape))
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _epochs_summary(epochs: list[dict[str, Any]], wall_s: float | None = None) -> dict[str, Any]:
+    samples = sum(e["samples"] for e in epochs)
+    seconds = sum(e["seconds"] for e in epochs)
+    store_s = sum(e.get("store_s", 0.0) for e in epochs)
+    train_s = seconds - store_s
+    out: dict[str, Any] = {
+        "epochs": len(epochs),
+        "steps": sum(e["steps"] for e in epochs),
+        "samples": samples,
+        "samples_per_epoch": [e["samples"] for e in epochs],
+        "seconds": _r(seconds),
+        "epoch_s": [_r(e["seconds"]) for e in epochs],
+        "samples_per_s": _r(samples / seconds, 1) if seconds > 0 else None,
+    }
+    if any("store_s" in e for e in epochs):
+        out.update(
+            store_s=_r(store_s),
+            store_s_per_epoch=[_r(e["store_s"]) for e in epochs],
+            store_views_computed=sum(e["store_views_computed"] for e in epochs),
+            train_s=_r(train_s),
+            samples_per_s_excl_store=_r(samples / train_s, 1) if train_s > 0 else None,
+        )
+    if wall_s is not None:
+        out["run_wall_s"] = _r(wall_s)
+    return out
+
+
+def _kdlight(
+    tag: str, experiment: str, overrides: list[str], work: Path, store: Path, o: Options
+) -> dict[str, Any]:
+    """One ``kdlight.train.run`` with the epoch timer attached; its timings and wall time."""
+    from kdlight.train import run
+
+    out_dir = work / "runs" / tag
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timer_file = out_dir / "timer.json"
+    start = time.perf_counter()
+    cfg = _compose(
+        experiment,
+        overrides
+        + ["+callbacks.timer._target_=bench_kd.EpochTimer", f"+callbacks.timer.out={timer_file}"],
+        out_dir,
+        store,
+        o,
+    )
+    run(cfg)
+    wall = time.perf_counter() - start
+    result = _epochs_summary(json.loads(timer_file.read_text())["epochs"], wall)
+    _log(
+        f"  {tag}: {result['samples_per_s']} samples/s over {result['samples']} samples ({wall:.1f} s wall)"
+    )
+    return result
+
+
+def _plain(cfg, teacher_file: Path, dataset, o: Options, epochs: int) -> dict[str, Any]:
+    """The plain loop with the same teacher weights, student, optimizer and loss settings as ``cfg``."""
+    from hydra.utils import instantiate
+    from plain_kd_loop import train_kd
+
+    start = time.perf_counter()
+    teacher = instantiate(cfg.teacher)
+    teacher.load_state_dict(torch.load(teacher_file, map_location="cpu", weights_only=True))
+    torch.manual_seed(int(cfg.seed))
+    student = instantiate(cfg.student)
+    optimizer = instantiate(cfg.module.optimizer)(student.parameters())
+    res = train_kd(
+        teacher,
+        student,
+        dataset,
+        optimizer,
+        alpha=float(cfg.distill.alpha),
+        temperature=float(cfg.distill.temperature),
+        batch_size=o.batch_size,
+        epochs=epochs,
+        num_workers=o.num_workers,
+        device=o.device,
+        seed=int(cfg.seed),
+    )
+    wall = time.perf_counter() - start
+    result = _epochs_summary(res["epochs"], wall)
+    _log(
+        f"  plain: {result['samples_per_s']} samples/s over {result['samples']} samples ({wall:.1f} s wall)"
+    )
+    return result
+
+
+def _case_header(o: Options) -> dict[str, Any]:
+    return {
+        "device": o.device,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": o.batch_size,
+        "dataloader_workers_plain": o.num_workers,
+        "dataloader_workers_kdlight": 0,
+    }
+
+
+# ---- cases ---------------------------------------------------------------------------------
+
+
+def case_fmnist_mlp(o: Options, work: Path) -> dict[str, Any]:
+    """MLP-1200 teacher -> MLP-800 student on Fashion-MNIST, full epochs."""
+    from plain_kd_loop import fashion_mnist_dataset
+
+    from kdlight.data.sources import load_mnist_family
+
+    arrays = load_mnist_family("fashion_mnist", o.data_dir)
+    idx, fraction = _subset(arrays.train_y, o, o.fmnist_samples)
+    # data.views=1 changes nothing without augmentation (not even the store key), but works around
+    # DistillationModule asking the store for view=epoch while it filled only view 0
+    common = [
+        f"data.labeled_fraction={fraction}",
+        f"trainer.max_epochs={o.fmnist_epochs}",
+        "data.views=1",
+    ]
+    cfg = _compose("fmnist_mlp_kd", common, work / "runs" / "compose", work / "unused", o)
+    teacher = _save_teacher(cfg, work / "teacher_mlp1200.pt")
+    kd = [*common, f"teacher_ckpt={teacher}"]
+    store = work / "store_fmnist"
+
+    _log(f"fmnist_mlp: {idx.numel()} training samples x {o.fmnist_epochs} epochs")
+    runs = {
+        "plain_loop": _plain(cfg, teacher, fashion_mnist_dataset(arrays, idx), o, o.fmnist_epochs),
+        "kdlight_online": _kdlight(
+            "fmnist_online", "fmnist_mlp_kd", [*kd, "teacher_store.enabled=false"], work, store, o
+        ),
+        "kdlight_store_cold": _kdlight("fmnist_cold", "fmnist_mlp_kd", kd, work, store, o),
+        "kdlight_store_warm": _kdlight("fmnist_warm", "fmnist_mlp_kd", kd, work, store, o),
+        "kdlight_student_alone": _kdlight("fmnist_student", "fmnist_mlp", common, work, store, o),
+    }
+    plain = runs["plain_loop"]["samples_per_s"]
+    warm_epoch = runs["kdlight_store_warm"]["seconds"] / runs["kdlight_store_warm"]["epochs"]
+    student_epoch = (
+        runs["kdlight_student_alone"]["seconds"] / runs["kdlight_student_alone"]["epochs"]
+    )
+    warm_over_student = _ratio(warm_epoch, student_epoch)
+    return {
+        "what": "MLP-784-1200-1200-10 teacher -> MLP-784-800-800-10 student, Hinton KD, SGD; full epochs",
+        **_case_header(o),
+        "train_samples": int(idx.numel()),
+        "epochs": o.fmnist_epochs,
+        "runs": runs,
+        "ratios": {
+            "kdlight_warm_over_plain": _ratio(runs["kdlight_store_warm"]["samples_per_s"], plain),
+            "kdlight_online_over_plain": _ratio(runs["kdlight_online"]["samples_per_s"], plain),
+            "kdlight_cold_over_plain": _ratio(runs["kdlight_store_cold"]["samples_per_s"], plain),
+            "kd_warm_epoch_over_student_epoch": warm_over_student,
+            "kd_warm_epoch_over_student_epoch_target_max": KD_WARM_OVER_STUDENT_TARGET,
+            "kd_warm_epoch_over_student_epoch_within_target": (
+                None
+                if warm_over_student is None
+                else warm_over_student <= KD_WARM_OVER_STUDENT_TARGET
+            ),
+        },
+        "notes": [
+            "samples_per_s = samples / summed train-epoch seconds (loader start-up and, for kdlight, the "
+            "teacher-store fill in on_train_epoch_start included); validation off, test one batch, outside the timing",
+            "no augmentation, so one store view serves every epoch: the cold run fills it in epoch 0 (store_s), "
+            "the warm run reuses the same store directory and computes nothing (store_views_computed=0)",
+            "kd_warm_epoch_over_student_epoch: mean warm-store KD epoch time / mean epoch time of the same "
+            "student trained alone with cross-entropy (+experiment=fmnist_mlp)",
+        ],
+    }
+
+
+def case_cifar(o: Options, work: Path) -> dict[str, Any]:
+    """ResNet-18 teacher -> 5-layer CNN student on CIFAR-10 with crop+flip, a fixed number of steps."""
+    from plain_kd_loop import cifar10_dataset
+
+    from kdlight.data.sources import load_cifar10
+
+    arrays = load_cifar10(o.data_dir)
+    idx, fraction = _subset(arrays.train_y, o, o.cifar_steps * o.batch_size)
+    common = [f"data.labeled_fraction={fraction}", "trainer.max_epochs=1"]
+    cfg = _compose("cifar_cnn_kd", common, work / "runs" / "compose", work / "unused", o)
+    teacher = _save_teacher(cfg, work / "teacher_resnet18.pt")
+    kd = [*common, f"teacher_ckpt={teacher}"]
+    store = work / "store_cifar"
+
+    _log(
+        f"cifar_resnet18_cnn: {idx.numel()} training samples = {math.ceil(idx.numel() / o.batch_size)} steps"
+    )
+    runs = {
+        "plain_loop": _plain(cfg, teacher, cifar10_dataset(arrays, idx), o, 1),
+        "kdlight_online": _kdlight(
+            "cifar_online", "cifar_cnn_kd", [*kd, "teacher_store.enabled=false"], work, store, o
+        ),
+        "kdlight_store_cold": _kdlight("cifar_cold", "cifar_cnn_kd", kd, work, store, o),
+        "kdlight_store_warm": _kdlight("cifar_warm", "cifar_cnn_kd", kd, work, store, o),
+    }
+    plain = runs["plain_loop"]["samples_per_s"]
+    return {
+        "what": "ResNet-18 teacher -> 5-layer CNN student (dropout 0.5), Hinton KD, Adam, RandomCrop(32, 4) + flip",
+        **_case_header(o),
+        "train_samples": int(idx.numel()),
+        "steps": math.ceil(idx.numel() / o.batch_size),
+        "runs": runs,
+        "ratios": {
+            "kdlight_warm_over_plain": _ratio(runs["kdlight_store_warm"]["samples_per_s"], plain),
+            "kdlight_online_over_plain": _ratio(runs["kdlight_online"]["samples_per_s"], plain),
+            "kdlight_cold_incl_fill_over_plain": _ratio(
+                runs["kdlight_store_cold"]["samples_per_s"], plain
+            ),
+            "kdlight_cold_excl_fill_over_plain": _ratio(
+                runs["kdlight_store_cold"]["samples_per_s_excl_store"], plain
+            ),
+        },
+        "notes": [
+            f"the fixed step count is one epoch over a stratified subset of steps x batch = {idx.numel()} training "
+            f"images (data.labeled_fraction={fraction:.6g}); the plain loop trains on the same images",
+            "augmentation makes each epoch its own view: the cold run's store fill (store_s) runs the teacher "
+            "once over every image of the subset for epoch 0's view, in inference batches of 1024; the warm run "
+            "repeats the same run with the same store directory, so the view is already there",
+            "a warm store is what every run after the first of a sweep over alpha, T or lr sees (case sweep10)",
+        ],
+    }
+
+
+def case_sweep(o: Options, work: Path) -> dict[str, Any]:
+    """Wall time of a sweep of KD runs (alpha x T) sharing one teacher-logit store vs the same runs as plain loops."""
+    from plain_kd_loop import cifar10_dataset
+
+    from kdlight.data.sources import load_cifar10
+
+    arrays = load_cifar10(o.data_dir)
+    pool = arrays.train_y.numel() - o.val_size
+    samples = o.sweep_samples if o.sweep_samples is not None else round(o.sweep_fraction * pool)
+    idx, fraction = _subset(arrays.train_y, o, samples)
+    common = [f"data.labeled_fraction={fraction}", "trainer.max_epochs=1"]
+    cfg0 = _compose("cifar_cnn_kd", common, work / "runs" / "compose", work / "unused", o)
+    teacher = _save_teacher(cfg0, work / "teacher_resnet18_sweep.pt")
+    grid = SWEEP_GRID[: o.sweep_runs]
+    store = work / "store_sweep"
+    _log(f"sweep10: {len(grid)} runs x 1 epoch of {idx.numel()} samples")
+
+    kd_runs = []
+    start = time.perf_counter()
+    for i, (alpha, t) in enumerate(grid):
+        over = [
+            *common,
+            f"teacher_ckpt={teacher}",
+            f"distill.alpha={alpha}",
+            f"distill.temperature={t}",
+        ]
+        kd_runs.append(
+            {
+                "alpha": alpha,
+                "T": t,
+                **_kdlight(f"sweep_kd_{i}", "cifar_cnn_kd", over, work, store, o),
+            }
+        )
+    kd_total = time.perf_counter() - start
+
+    plain_grid = grid[: max(1, min(o.sweep_plain_runs, len(grid)))]
+    plain_cfgs = [
+        _compose(
+            "cifar_cnn_kd",
+            [*common, f"distill.alpha={a}", f"distill.temperature={t}"],
+            work / "runs" / "compose",
+            work / "unused",
+            o,
+        )
+        for a, t in plain_grid
+    ]  # composed outside the timing: a plain script has its models and settings written in
+    plain_runs = []
+    start = time.perf_counter()
+    for (alpha, t), cfg in zip(plain_grid, plain_cfgs, strict=True):
+        plain_runs.append(
+            {"alpha": alpha, "T": t, **_plain(cfg, teacher, cifar10_dataset(arrays, idx), o, 1)}
+        )
+    plain_measured = time.perf_counter() - start
+    extrapolated = len(plain_runs) < len(grid)
+    plain_total = plain_measured / len(plain_runs) * len(grid)
+
+    kd_samples = sum(r["samples"] for r in kd_runs)
+    plain_samples = sum(r["samples"] for r in plain_runs) / len(plain_runs) * len(grid)
+    return {
+        "what": f"{len(grid)} KD runs ResNet-18 -> 5-layer CNN (alpha x T grid), one epoch each, sharing one store",
+        **_case_header(o),
+        "runs": len(grid),
+        "train_samples_per_run": int(idx.numel()),
+        "grid": [{"alpha": a, "T": t} for a, t in grid],
+        "kdlight": {
+            "seconds": _r(kd_total),
+            "samples": kd_samples,
+            "samples_per_s": _r(kd_samples / kd_total, 1),
+            "first_run_wall_s": kd_runs[0]["run_wall_s"],
+            "store_fill_s": kd_runs[0].get("store_s"),
+            "store_views_computed": sum(r.get("store_views_computed", 0) for r in kd_runs),
+            "per_run": kd_runs,
+        },
+        "plain_loop": {
+            "seconds": _r(plain_total),
+            "samples": int(plain_samples),
+            "samples_per_s": _r(plain_samples / plain_total, 1),
+            "extrapolated": extrapolated,
+            "measured_runs": len(plain_runs),
+            "measured_seconds": _r(plain_measured),
+            "per_run": plain_runs,
+        },
+        "ratios": {
+            "plain_seconds_over_kdlight_seconds": _ratio(plain_total, kd_total),
+            "kdlight_samples_per_s_over_plain": _ratio(
+                kd_samples / kd_total, plain_samples / plain_total
+            ),
+        },
+        "notes": [
+            "seconds: wall time of the whole sweep, each run from composing its config (kdlight) or building "
+            "its models and loader (plain) to the end of training (kdlight: also its one-batch test pass)",
+            "data decoding is outside both: the CIFAR-10 arrays are loaded once per process, as in a Hydra multirun",
+            "the first kdlight run fills the store for the shared view (store_fill_s); the others reuse it",
+            "extrapolated=true means the plain total is measured_seconds / measured_runs x runs",
+        ],
+    }
+
+
+CASE_FUNCS = {
+    "fmnist_mlp": case_fmnist_mlp,
+    "cifar_resnet18_cnn": case_cifar,
+    "sweep10": case_sweep,
+}
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes (seconds): checks the benchmark runs, not speed",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (--quick: 32)")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="held-out samples, as data.val_size (default 5000; --quick: 50)",
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=2, help="DataLoader workers of the plain loop"
+    )
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="as paths.data_dir (Fashion-MNIST also from Debian's package)",
+    )
+    p.add_argument("--fmnist-epochs", type=int, default=2)
+    p.add_argument(
+        "--cifar-steps",
+        type=int,
+        default=None,
+        help="training steps of case 2 (default 30; --quick: 2)",
+    )
+    p.add_argument(
+        "--sweep-runs", type=int, default=None, help="runs in the sweep (default 10; --quick: 2)"
+    )
+    p.add_argument(
+        "--sweep-plain-runs",
+        type=int,
+        default=None,
+        help="plain-loop runs measured; fewer than --sweep-runs extrapolates",
+    )
+    p.add_argument(
+        "--sweep-fraction", type=float, default=0.05, help="training subset of each sweep run"
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep runs and stores here (default: a temporary directory)",
+    )
+    p.add_argument("--output", default=None, help="also write the JSON to this file")
+    a = p.parse_args(argv)
+    cases = tuple(c.strip() for c in a.cases.split(",") if c.strip())
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or not cases:
+        p.error(f"--cases {a.cases!r} is invalid; choose from {', '.join(CASES)}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but torch sees no CUDA device")
+    sweep_runs = a.sweep_runs if a.sweep_runs is not None else (2 if a.quick else 10)
+    if not 1 <= sweep_runs <= len(SWEEP_GRID):
+        p.error(f"--sweep-runs {sweep_runs} is invalid; it must be in [1, {len(SWEEP_GRID)}]")
+    o = Options(
+        cases=cases,
+        quick=a.quick,
+        device=a.device,
+        batch_size=a.batch_size or (32 if a.quick else 128),
+        val_size=a.val_size if a.val_size is not None else (50 if a.quick else 5000),
+        num_workers=a.num_workers,
+        data_dir=str(Path(a.data_dir).expanduser().resolve()),
+        fmnist_epochs=a.fmnist_epochs,
+        fmnist_samples=96 if a.quick else None,
+        cifar_steps=a.cifar_steps or (2 if a.quick else 30),
+        sweep_runs=sweep_runs,
+        sweep_plain_runs=a.sweep_plain_runs if a.sweep_plain_runs is not None else sweep_runs,
+        sweep_fraction=a.sweep_fraction,
+        sweep_samples=64 if a.quick else None,
+    )
+    return o, a
+
+
+def machine() -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    o, a = parse_args(argv)
+    _quiet()
+    doc: dict[str, Any] = {
+        "benchmark": "kdlight vs a plain PyTorch KD loop (training samples/s)",
+        "quick": o.quick,
+        "machine": machine(),
+        "device": o.device,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": o.batch_size,
+        "options": asdict(o),
+        "loadavg_start": [_r(x, 2) for x in os.getloadavg()],
+        "cases": {},
+    }
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        work = (
+            Path(a.work_dir)
+            if a.work_dir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdbench-")))
+        )
+        with _stdout_to_stderr():
+            for name in o.cases:
+                case_start = time.perf_counter()
+                (work / name).mkdir(parents=True, exist_ok=True)
+                doc["cases"][name] = CASE_FUNCS[name](o, work / name)
+                doc["cases"][name]["case_wall_s"] = _r(time.perf_counter() - case_start)
+    doc["total_s"] = _r(time.perf_counter() - started)
+    doc["loadavg_end"] = [_r(x, 2) for x in os.getloadavg()]
+    text = json.dumps(doc, indent=2)
+    if a.output:
+        Path(a.output).write_text(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

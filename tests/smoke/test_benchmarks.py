@@ -1,0 +1,105 @@
+"""The speed benchmark runs end to end in its tiny mode and prints one valid JSON document (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_kd.py"
+
+
+@pytest.fixture(scope="module")
+def quick_report(tiny_data_dir, tmp_path_factory) -> tuple[dict, Path]:
+    work = tmp_path_factory.mktemp("bench")
+    out = work / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--batch-size", "16", "--cifar-steps", "2"]
+    cmd += [
+        "--data-dir",
+        str(tiny_data_dir),
+        "--work-dir",
+        str(work / "runs"),
+        "--output",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
+    assert json.loads(out.read_text()) == doc
+    return doc, work
+
+
+def _runs(case: dict) -> dict[str, dict]:
+    return case["runs"]
+
+
+def test_report_has_every_case_and_the_machine(quick_report):
+    doc, _ = quick_report
+    assert doc["quick"] is True
+    assert set(doc["cases"]) == {"fmnist_mlp", "cifar_resnet18_cnn", "sweep10"}
+    assert doc["machine"]["cpu_count"] >= 1
+    for case in doc["cases"].values():
+        assert case["device"] == "cpu"
+        assert case["torch_threads"] >= 1
+        assert case["batch_size"] == 16
+        assert case["ratios"]
+
+
+def test_fmnist_runs_train_the_same_samples_and_the_warm_store_computes_nothing(quick_report):
+    case = quick_report[0]["cases"]["fmnist_mlp"]
+    runs = _runs(case)
+    assert set(runs) == {
+        "plain_loop",
+        "kdlight_online",
+        "kdlight_store_cold",
+        "kdlight_store_warm",
+        "kdlight_student_alone",
+    }
+    for run in runs.values():
+        assert run["samples_per_epoch"] == [case["train_samples"]] * case["epochs"]
+        assert run["samples_per_s"] > 0
+    assert runs["kdlight_store_cold"]["store_views_computed"] == 1
+    assert runs["kdlight_store_warm"]["store_views_computed"] == 0
+    assert "store_s" not in runs["kdlight_online"]
+    assert case["ratios"]["kd_warm_epoch_over_student_epoch"] > 0
+
+
+def test_cifar_runs_take_the_asked_steps_on_the_same_subset(quick_report):
+    case = quick_report[0]["cases"]["cifar_resnet18_cnn"]
+    runs = _runs(case)
+    assert case["steps"] == 2
+    assert case["train_samples"] == 2 * 16
+    for run in runs.values():
+        assert run["steps"] == 2
+        assert run["samples"] == case["train_samples"]
+    assert runs["kdlight_store_cold"]["store_views_computed"] == 1
+    assert runs["kdlight_store_warm"]["store_views_computed"] == 0
+
+
+def test_sweep_runs_share_one_store_fill(quick_report):
+    case = quick_report[0]["cases"]["sweep10"]
+    assert case["runs"] == len(case["kdlight"]["per_run"]) == 2
+    assert case["kdlight"]["store_views_computed"] == 1
+    assert case["plain_loop"]["extrapolated"] is False
+    assert case["plain_loop"]["measured_runs"] == 2
+    assert {(r["alpha"], r["T"]) for r in case["kdlight"]["per_run"]} == {
+        (g["alpha"], g["T"]) for g in case["grid"]
+    }
+    assert case["ratios"]["plain_seconds_over_kdlight_seconds"] > 0
+
+
+def test_unknown_case_is_refused():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cases", "fmnist_mlp,nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "nope" in proc.stderr
+    assert proc.stdout == ""
