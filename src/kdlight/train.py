@@ -49,9 +49,15 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     }
     if distill is not None:
         hp["teacher"] = _model_name(cfg.teacher)
+        system = distill.get("module")
+        if system is not None:  # e.g. FitNetsModule: the system names the method
+            hp["method"] = system._target_.rsplit(".", 1)[-1]
         for k, v in distill.items():
             if not k.startswith("_") and isinstance(v, int | float | str | bool):
                 hp[k] = v
+        for k, v in (system or {}).items():  # a name taken (lr, seed, ...) keeps its config path
+            if not k.startswith("_") and isinstance(v, int | float | str | bool):
+                hp[f"distill.module.{k}" if k in hp else k] = v
     return hp
 
 
@@ -127,7 +133,11 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         from kdlight.modules.distill import DistillationModule, check_compatible
         from kdlight.teacher import build_teacher
 
-        loss = instantiate(cfg.distill)
+        # distill.module (optional): a partial of the system around the loss (FitNets, data-free KD)
+        spec = OmegaConf.to_container(cfg.distill, resolve=True)
+        system_cfg = spec.pop("module", None)
+        loss = instantiate(spec)
+        system = instantiate(system_cfg) if system_cfg else DistillationModule
         teacher, info = build_teacher(cfg, datamodule)
         if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -136,11 +146,13 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         _check_classes(student, example, num_classes)
         metrics.update({f"teacher/{k}": v for k, v in info.items()})
         store = _teacher_store(cfg, teacher, datamodule)
-        module = DistillationModule(
+        module = system(
             student, teacher, loss, num_classes, optimizer, scheduler,
             compile=module_cfg.get("compile", False), teacher_store=store,
             log_agreement=module_cfg.get("log_agreement", True),
         )
+        if hasattr(module, "fit_datamodule"):  # data-free KD trains on a reconstructed set
+            datamodule = module.fit_datamodule(datamodule)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -150,7 +162,7 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
     metrics["test/acc_last"] = float(last[0]["test/acc"])
     if "test/agreement" in last[0]:
         metrics["test/agreement_last"] = float(last[0]["test/agreement"])
-    if ckpt_cb is not None and ckpt_cb.best_model_path:
+    if ckpt_cb is not None and ckpt_cb.best_model_path and ckpt_cb.best_model_score is not None:
         best = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_cb.best_model_path, verbose=False)
         metrics["test/acc_best"] = float(best[0]["test/acc"])
         if "test/agreement" in best[0]:
@@ -213,7 +225,10 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation-best accuracy (for Hydra sweepers)."""
     if cfg.get("print_config", False):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = run(cfg)
+    from kdlight.gpus import gpu_for_job
+
+    with gpu_for_job(cfg):  # gpu_per_job=true: a parallel sweep job claims a free GPU
+        metrics = run(cfg)
     return metrics.get("val/acc_best", metrics.get("test/acc_best"))
 
 

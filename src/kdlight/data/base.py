@@ -190,7 +190,8 @@ class ArrayDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if not isinstance(batch, dict) or "split" not in batch:
             return batch
-        view = self.current_view() if batch["split"] == "train" else None
+        # without augmentation there is one view: a per-epoch view number would miss the teacher store
+        view = self.current_view() if batch["split"] == "train" and self.augment else None
         batch["view"] = view
         batch["x"] = self.transform(batch["x"], batch["idx"], view)
         return batch

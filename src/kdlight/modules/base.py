@@ -52,8 +52,8 @@ class EvalModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}); lower module.optimizer.lr or check the data. "
-                "The last good checkpoint is kept."
+                f"(epoch {self.current_epoch}); lower module.optimizer.lr or check the data (the last "
+                "good checkpoint is kept)."
             )
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
@@ -68,8 +68,8 @@ class EvalModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test", self.test_acc)  # logits, for test-end callbacks
 
     def trainable_parameters(self):
         return self.net.parameters()

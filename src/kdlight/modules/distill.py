@@ -109,13 +109,14 @@ class DistillationModule(EvalModule):
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=labels.numel())
         return loss
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self._eval_step(batch, "test", self.test_acc)
         if self.log_agreement:
             with torch.no_grad():
                 teacher_pred = self.teacher(batch["x"]).argmax(dim=1)
             self.agreement(logits, teacher_pred)
             self.log("test/agreement", self.agreement, batch_size=logits.shape[0])
+        return logits
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})

@@ -1,0 +1,617 @@
+"""Turn a folder of runs (a multirun, or many) into a table and plots: ``kdlight-report DIR [--out OUT]``.
+
+A run is any folder holding ``metrics.json`` or ``.hydra/config.yaml`` (as written by
+:func:`kdlight.train.run`). Finished runs are grouped by configuration (their hparams minus
+``seed``); each configuration becomes one row with the mean and sample standard deviation over
+its seeds of the test accuracy of the validation-best checkpoint (``test/acc_best``), of the
+last checkpoint (``test/acc_last``) and of the best validation accuracy (``val/acc_best``).
+
+Written into OUT (default: DIR):
+
+- ``results.csv``: one row per configuration; the hparams that vary across finished runs,
+  ``n_seeds``, ``seeds``, then ``<metric>_mean`` / ``<metric>_std`` as fractions in [0, 1]
+  (the units of ``metrics.json``); the std is blank when a configuration has one seed;
+- ``report.md``: the same table in percent (2 decimals, ``mean ± std``), the settings every
+  run shares, the figures, and the runs that failed (with their error) or have no final
+  metrics (still running, killed, or crashed before training) in sections of their own;
+- ``heatmap_alpha_T*.png``: mean test accuracy (val-best) over alpha x T, when both vary;
+  one map per combination of any other hparam that varies (named in the title and file);
+- ``accuracy_vs_T*.png``: test accuracy (val-best) against T, one line per alpha, error
+  bars = std over seeds, when T varies (same grouping); student-alone baselines dashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdlight.errors import KdlightError, user_errors_exit
+
+#: (metrics.json key, column title in report.md)
+METRICS: tuple[tuple[str, str], ...] = (
+    ("test/acc_best", "test acc (val-best ckpt)"),
+    ("test/acc_last", "test acc (last ckpt)"),
+    ("val/acc_best", "best val acc"),
+)
+#: Column order for hparams; keys not listed follow in alphabetical order.
+HPARAM_ORDER = (
+    "experiment",
+    "data",
+    "labeled_fraction",
+    "unlabeled",
+    "augment",
+    "batch_size",
+    "student",
+    "method",
+    "teacher",
+    "optimizer",
+    "lr",
+    "max_epochs",
+    "alpha",
+    "temperature",
+    "reduction",
+)
+#: Short column titles in report.md.
+SHORT = {
+    "temperature": "T",
+    "labeled_fraction": "labeled",
+    "batch_size": "batch",
+    "max_epochs": "epochs",
+}
+#: Alpha x T figures are drawn only for grids with at most this many values per axis.
+MAX_GRID = 12
+FINISHED, FAILED, RUNNING, MISSING, UNREADABLE = (
+    "finished",
+    "failed",
+    "running",
+    "no metrics",
+    "unreadable",
+)
+
+
+@dataclass
+class Run:
+    """One run folder: its status, hparams (with ``seed``), final metrics and, if failed, the error."""
+
+    path: Path
+    status: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> Any:
+        return self.hparams.get("seed")
+
+
+@dataclass
+class Stat:
+    """Mean and sample std (``None`` for one value) of one metric over ``n`` seeds."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass
+class Row:
+    """One configuration: the runs that share its hparams (all but ``seed``) and their statistics."""
+
+    hparams: dict[str, Any]
+    runs: list[Run]
+    stats: dict[str, Stat]
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r in self.runs]
+
+
+@dataclass
+class Report:
+    """Everything :func:`build_report` found and wrote."""
+
+    root: Path
+    out: Path
+    runs: list[Run]
+    rows: list[Row]
+    columns: list[str]
+    shared: dict[str, Any]
+    figures: list[Path]
+
+    def by_status(self, *statuses: str) -> list[Run]:
+        return [r for r in self.runs if r.status in statuses]
+
+
+# ---- finding and reading runs -------------------------------------------------------------
+
+
+def find_run_dirs(root: str | os.PathLike) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) holding ``metrics.json`` or ``.hydra/config.yaml``.
+
+    Sorted naturally (job ``10`` after job ``9``); symlinked folders are not followed.
+    """
+    root = Path(root)
+    found = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("checkpoints", "tb", "analysis")]
+        path = Path(here)
+        if "metrics.json" in files or (path / ".hydra" / "config.yaml").is_file():
+            found.append(path)
+    return sorted(found, key=lambda p: _natural_key(str(p.relative_to(root))))
+
+
+def read_run(path: str | os.PathLike) -> Run:
+    """Read one run folder; a missing or unreadable ``metrics.json`` gives a run with that status."""
+    path = Path(path)
+    overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
+    metrics_file = path / "metrics.json"
+    if not metrics_file.is_file():
+        return Run(path, MISSING, _hparams_from_config(path), overrides=overrides)
+    try:
+        data = json.loads(metrics_file.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a {type(data).__name__}, not an object")
+    except (OSError, ValueError) as exc:
+        return Run(
+            path,
+            UNREADABLE,
+            _hparams_from_config(path),
+            error=f"metrics.json: {exc}",
+            overrides=overrides,
+        )
+    hparams = dict(data.get("hparams") or {}) or _hparams_from_config(path)
+    status = data.get("status") or (FINISHED if "test/acc_last" in data else RUNNING)
+    metrics = {k: v for k, v in data.items() if k not in ("status", "hparams", "error")}
+    return Run(path, status, hparams, metrics, data.get("error"), overrides)
+
+
+def _hparams_from_config(run_dir: Path) -> dict[str, Any]:
+    """The experiment name and seed from ``.hydra/config.yaml``, for runs that died before metrics.json."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(config.read_text()) or {}
+        return {"experiment": cfg.get("name"), "seed": cfg.get("seed")}
+    except Exception:  # noqa: BLE001 - a config we cannot read still gets listed, without hparams
+        return {}
+
+
+def _read_overrides(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    try:
+        import yaml
+
+        items = yaml.safe_load(path.read_text()) or []
+        return [str(i) for i in items] if isinstance(items, list) else []
+    except Exception:  # noqa: BLE001 - overrides are only shown, never needed
+        return []
+
+
+# ---- aggregation ------------------------------------------------------------------------
+
+
+def mean_std(values: Iterable[float]) -> Stat:
+    """Mean and sample standard deviation (n - 1 in the denominator; ``None`` when n < 2)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return Stat(None, None, 0)
+    return Stat(
+        statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
+    )
+
+
+def config_key(hparams: dict[str, Any]) -> tuple:
+    """Hashable identity of a configuration: its hparams without ``seed``."""
+    return tuple(sorted((k, _hashable(v)) for k, v in hparams.items() if k != "seed"))
+
+
+def group_runs(runs: Sequence[Run]) -> list[Row]:
+    """Group runs by :func:`config_key` (first-seen order) with the statistics of every metric."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(config_key(run.hparams), []).append(run)
+    rows = []
+    for members in groups.values():
+        hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
+        stats = {key: mean_std(r.metrics.get(key) for r in members) for key, _ in METRICS}
+        rows.append(Row(hp, members, stats))
+    return rows
+
+
+def varying_keys(
+    hparam_dicts: Sequence[dict[str, Any]], ignore: Iterable[str] = ("seed",)
+) -> list[str]:
+    """Keys whose value (absence counts as a value) differs between the dicts, in column order."""
+    ignore = set(ignore)
+    keys = {k for d in hparam_dicts for k in d if k not in ignore}
+    out = [k for k in keys if len({_hashable(d.get(k, _Absent)) for d in hparam_dicts}) > 1]
+    return order_keys(out)
+
+
+def order_keys(keys: Iterable[str]) -> list[str]:
+    """``keys`` in :data:`HPARAM_ORDER`, then alphabetically."""
+    rank = {k: i for i, k in enumerate(HPARAM_ORDER)}
+    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def sort_rows(rows: list[Row], columns: Sequence[str]) -> list[Row]:
+    """Baselines (method ``none``) first, then by the shown columns (missing values first)."""
+    return sorted(
+        rows,
+        key=lambda r: (
+            r.hparams.get("method") != "none",
+            *(_sortable(r.hparams.get(c)) for c in columns),
+        ),
+    )
+
+
+def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Report:
+    """Find the runs under ``root``, write ``results.csv``, ``report.md`` and the figures into ``out``.
+
+    Raises :class:`~kdlight.errors.KdlightError` when ``root`` does not exist or holds no run.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise KdlightError(
+            f"report directory {root} does not exist; give a run or multirun folder "
+            "(e.g. logs/<experiment>/multiruns/<time>)."
+        )
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise KdlightError(
+            f"no runs found under {root}: no folder in it holds a metrics.json or .hydra/config.yaml."
+        )
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [read_run(d) for d in dirs]
+    finished = [r for r in runs if r.status == FINISHED]
+    rows = group_runs(finished)
+    columns = varying_keys([r.hparams for r in rows]) or ["experiment"]
+    rows = sort_rows(rows, columns)
+    shared = {k: v for k, v in rows[0].hparams.items() if k not in columns} if rows else {}
+    shared = {
+        k: shared[k]
+        for k in order_keys(shared)
+        if all(_same(r.hparams.get(k), shared[k]) for r in rows)
+    }
+    figures = write_figures(rows, out)
+    report = Report(root, out, runs, rows, columns, shared, figures)
+    write_csv(report, out / "results.csv")
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+def write_csv(report: Report, path: Path) -> None:
+    """``results.csv``: hparam columns, ``n_seeds``, ``seeds``, then fractions ``<metric>_mean/_std``."""
+    header = [*report.columns, "n_seeds", "seeds"]
+    for key, _ in METRICS:
+        header += [f"{key}_mean", f"{key}_std"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in report.rows:
+            line = [_csv_value(row.hparams.get(c)) for c in report.columns]
+            line += [len(row.runs), " ".join(str(s) for s in row.seeds)]
+            for key, _ in METRICS:
+                st = row.stats[key]
+                line += [_csv_value(st.mean), _csv_value(st.std)]
+            writer.writerow(line)
+
+
+def render_markdown(report: Report) -> str:
+    """The text of ``report.md``."""
+    runs = report.runs
+    counts = {s: len(report.by_status(s)) for s in (FINISHED, FAILED, RUNNING, MISSING, UNREADABLE)}
+    others = [r for r in runs if r.status not in counts]
+    lines = [f"# kdlight report: `{report.root}`", ""]
+    parts = [
+        f"{counts[FINISHED]} finished",
+        f"{counts[FAILED]} failed",
+        f"{counts[RUNNING]} running or killed",
+        f"{counts[MISSING] + counts[UNREADABLE]} without metrics",
+    ]
+    if others:
+        parts.append(f"{len(others)} with another status")
+    lines += [f"{len(runs)} runs: {', '.join(parts)}; {len(report.rows)} configurations.", ""]
+    if report.shared:
+        lines += [
+            "Shared by every finished run: "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in report.shared.items()),
+            "",
+        ]
+    lines += ["## Results", ""]
+    if report.rows:
+        best = _best_row(report.rows)
+        lines += [
+            "Accuracies in %, mean ± sample std over seeds (no std with one seed). "
+            "*test acc (val-best ckpt)*: test accuracy of the checkpoint with the best validation "
+            "accuracy, the number to compare. "
+            + (
+                "The **bold** row has the best mean validation accuracy (selection on validation, never test)."
+                if best is not None
+                else ""
+            ),
+            "",
+        ]
+        header = [SHORT.get(c, c) for c in report.columns] + ["n_seeds"] + [t for _, t in METRICS]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append(
+            "|" + "|".join(["---"] * len(report.columns) + ["---:"] * (1 + len(METRICS))) + "|"
+        )
+        for row in report.rows:
+            cells = [_md(_fmt(row.hparams.get(c))) for c in report.columns] + [str(len(row.runs))]
+            cells += [_pct(row.stats[key]) for key, _ in METRICS]
+            if row is best:
+                cells = [f"**{c}**" if c else c for c in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+    else:
+        lines.append("No run has finished yet.")
+    lines.append("")
+    if report.figures:
+        lines += ["## Figures", ""]
+        for fig in report.figures:
+            rel = os.path.relpath(fig, report.out)
+            lines += [f"![{fig.stem}]({rel})", ""]
+    elif any("alpha" in r.hparams and "temperature" in r.hparams for r in report.rows):
+        lines += [
+            f"No alpha x T figures: they need a grid (T varying, at most {MAX_GRID} values of alpha "
+            "and of T), e.g. hparams_search=alpha_t_grid; results.csv has every configuration.",
+            "",
+        ]
+    # runs that died before metrics.json only know experiment and seed: leave them out here
+    distinguishing = varying_keys([r.hparams for r in runs if "method" in r.hparams])
+    failed = report.by_status(FAILED)
+    if failed:
+        lines += ["## Failed runs", "", "| run | seed | config | error |", "|---|---|---|---|"]
+        for r in failed:
+            lines.append(
+                f"| {_md(_rel(r, report.root))} | {_fmt(r.seed)} | {_md(_describe(r, distinguishing))} "
+                f"| {_md(_one_line(r.error or 'no error recorded'))} |"
+            )
+        lines.append("")
+    incomplete = [r for r in runs if r.status not in (FINISHED, FAILED)]
+    if incomplete:
+        lines += [
+            "## Runs without final metrics",
+            "",
+            "Still running, killed, or stopped before training started (see each run's `train.log`).",
+            "",
+            "| run | status | seed | config | overrides |",
+            "|---|---|---|---|---|",
+        ]
+        for r in incomplete:
+            status = "running or killed" if r.status == RUNNING else r.status
+            if r.error:
+                status += f": {_one_line(r.error)}"
+            lines.append(
+                f"| {_md(_rel(r, report.root))} | {_md(status)} | {_fmt(r.seed)} "
+                f"| {_md(_describe(r, distinguishing))} | {_md(' '.join(r.overrides))} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
+    """The alpha x T heat maps and accuracy-vs-T plots (see the module docstring); their paths."""
+    from kdlight import plots
+
+    kd = [
+        r
+        for r in rows
+        if "alpha" in r.hparams
+        and "temperature" in r.hparams
+        and r.stats["test/acc_best"].mean is not None
+    ]
+    if not kd:
+        return []
+    alphas = sorted({float(r.hparams["alpha"]) for r in kd})
+    temps = sorted({float(r.hparams["temperature"]) for r in kd})
+    if len(alphas) > MAX_GRID or len(temps) > MAX_GRID:  # e.g. optuna: values are not on a grid
+        return []
+    others = [k for k in varying_keys([r.hparams for r in kd]) if k not in ("alpha", "temperature")]
+    groups: dict[tuple, list[Row]] = {}
+    for r in kd:
+        groups.setdefault(tuple(_hashable(r.hparams.get(k)) for k in others), []).append(r)
+    baselines = [
+        r
+        for r in rows
+        if r.hparams.get("method") == "none" and r.stats["test/acc_best"].mean is not None
+    ]
+    written: list[Path] = []
+    for members in groups.values():
+        desc = ", ".join(f"{k}={_fmt(members[0].hparams.get(k))}" for k in others)
+        suffix = ("__" + _slug(desc)) if desc else ""
+        where = f" ({desc})" if desc else ""
+        cell = {(float(r.hparams["alpha"]), float(r.hparams["temperature"])): r for r in members}
+        a_vals = sorted({a for a, _ in cell})
+        t_vals = sorted({t for _, t in cell})
+        if len(alphas) > 1 and len(temps) > 1:
+            grid = [
+                [
+                    100 * cell[(a, t)].stats["test/acc_best"].mean if (a, t) in cell else math.nan
+                    for t in t_vals
+                ]
+                for a in a_vals
+            ]
+            fig = plots.heatmap(
+                grid,
+                [f"{a:g}" for a in a_vals],
+                [f"{t:g}" for t in t_vals],
+                title=f"Mean test acc (%) of the val-best checkpoint{where}",
+                xlabel="temperature T",
+                ylabel="alpha (weight of the soft term)",
+                cbar_label="test acc (%)",
+            )
+            written.append(plots.save(fig, out / f"heatmap_alpha_T{suffix}.png"))
+        if len(temps) > 1:
+            series = {}
+            for a in a_vals:
+                pts = sorted(
+                    (t, cell[(a, t)].stats["test/acc_best"]) for t in t_vals if (a, t) in cell
+                )
+                series[f"alpha={a:g}"] = (
+                    [t for t, _ in pts],
+                    [100 * s.mean for _, s in pts],
+                    [100 * (s.std or 0.0) for _, s in pts],
+                )
+            refs = {}
+            for b in baselines:
+                if all(
+                    _same(b.hparams.get(k), members[0].hparams.get(k))
+                    for k in ("data", "student")
+                    if k in b.hparams
+                ):
+                    refs[
+                        f"student alone ({_fmt(b.hparams.get('experiment'))}, lr={_fmt(b.hparams.get('lr'))}) "
+                        f"{100 * b.stats['test/acc_best'].mean:.2f}%"
+                    ] = 100 * b.stats["test/acc_best"].mean
+            fig = plots.lines_with_errorbars(
+                series,
+                title=f"Test acc of the val-best checkpoint vs temperature{where}; bars: std over seeds",
+                xlabel="temperature T",
+                ylabel="test acc (%)",
+                logx=min(t_vals) > 0,
+                hlines=refs,
+            )
+            written.append(plots.save(fig, out / f"accuracy_vs_T{suffix}.png"))
+    return written
+
+
+# ---- formatting helpers -------------------------------------------------------------------
+
+
+class _Absent:
+    """Marks a key a run does not have (baselines have no alpha), distinct from ``None``."""
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, default=str)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)  # 2 and 2.0 are the same temperature
+    return v
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _hashable(a) == _hashable(b)
+
+
+def _sortable(v: Any) -> tuple:
+    if v is None:
+        return (0, 0, "")
+    if isinstance(v, bool):
+        return (1, int(v), "")
+    if isinstance(v, int | float):
+        return (1, float(v), "")
+    return (2, 0, str(v))
+
+
+def _natural_key(s: str) -> list:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s) if t]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v
+
+
+def _pct(st: Stat) -> str:
+    if st.mean is None:
+        return "–"
+    text = f"{100 * st.mean:.2f}"
+    return text + (f" ± {100 * st.std:.2f}" if st.std is not None else "")
+
+
+def _best_row(rows: Sequence[Row]) -> Row | None:
+    scored = [r for r in rows if r.stats["val/acc_best"].mean is not None]
+    return max(scored, key=lambda r: r.stats["val/acc_best"].mean) if scored else None
+
+
+def _describe(run: Run, keys: Sequence[str]) -> str:
+    return " ".join(f"{SHORT.get(k, k)}={_fmt(run.hparams[k])}" for k in keys if k in run.hparams)
+
+
+def _rel(run: Run, root: Path) -> str:
+    rel = os.path.relpath(run.path, root)
+    return "." if rel == "." else rel
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text.replace(", ", "_")).strip("_")
+
+
+# ---- CLI ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kdlight-report",
+        description="Summarise the runs under DIR (e.g. a multirun folder) into report.md, results.csv and plots.",
+    )
+    parser.add_argument(
+        "dir", type=Path, help="a run, multirun or log folder; searched recursively"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the report (default: DIR)"
+    )
+    return parser.parse_args(argv)
+
+
+@user_errors_exit
+def main(argv: Sequence[str] | None = None) -> int:
+    """``kdlight-report DIR [--out OUT]``; returns 0, exits 2 with one sentence on a user error."""
+    args = parse_args(argv)
+    report = build_report(args.dir, args.out)
+    statuses = {s: len(report.by_status(s)) for s in (FINISHED, FAILED)}
+    print(
+        f"{len(report.runs)} runs ({statuses[FINISHED]} finished, {statuses[FAILED]} failed), "
+        f"{len(report.rows)} configurations -> {report.out / 'report.md'}, {report.out / 'results.csv'}"
+        + (f", {len(report.figures)} figures" if report.figures else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""kdlight.report on synthetic run folders whose metrics (and so means and stds) are known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdlight import plots, report
+
+BASE = {
+    "experiment": "fmnist_mlp_kd",
+    "data": "fashion_mnist",
+    "student": "MLP-800-800",
+    "lr": 0.01,
+}
+KD = {**BASE, "method": "HintonKD", "teacher": "MLP-1200-1200", "reduction": "batchmean"}
+
+
+def write_run(
+    root: Path,
+    name: str,
+    hparams: dict | None,
+    metrics: dict | None = None,
+    status: str = "finished",
+    error: str | None = None,
+    overrides: list[str] | None = None,
+) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    if hparams is not None:
+        body = {"status": status, "hparams": hparams, **(metrics or {})}
+        if error is not None:
+            body["error"] = error
+        (run / "metrics.json").write_text(json.dumps(body))
+    if overrides is not None:
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (run / ".hydra" / "config.yaml").write_text("name: fmnist_mlp_kd\nseed: 7\n")
+    return run
+
+
+def acc(best: float, last: float | None = None, val: float | None = None) -> dict:
+    return {
+        "test/acc_best": best,
+        "test/acc_last": best if last is None else last,
+        "val/acc_best": best if val is None else val,
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_rendering(request, monkeypatch):
+    """Figures are built but not rendered (slow); tests asking for ``render`` write real PNGs."""
+    if "render" in request.fixturenames:
+        return
+
+    def fake_save(fig, path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not rendered")
+        return path
+
+    monkeypatch.setattr(plots, "save", fake_save)
+
+
+@pytest.fixture
+def render():
+    """Request real PNG rendering in a test."""
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A multirun: baseline x2 seeds, alpha 0.5 / T 2 x3 seeds, three single-seed cells, one failure,
+    one run still running and one that died before writing metrics."""
+    root = tmp_path / "multirun"
+    base = {**BASE, "method": "none"}
+    write_run(root, "0", {**base, "seed": 1}, acc(0.90, 0.89, 0.91))
+    write_run(root, "1", {**base, "seed": 2}, acc(0.92, 0.93, 0.95))
+    for job, (seed, best) in enumerate([(1, 0.93), (2, 0.95), (3, 0.94)], start=2):
+        write_run(root, str(job), {**KD, "alpha": 0.5, "temperature": 2.0, "seed": seed}, acc(best))
+    write_run(root, "5", {**KD, "alpha": 0.9, "temperature": 2.0, "seed": 1}, acc(0.96, 0.95, 0.97))
+    write_run(root, "6", {**KD, "alpha": 0.5, "temperature": 4.0, "seed": 1}, acc(0.91))
+    write_run(root, "7", {**KD, "alpha": 0.9, "temperature": 4.0, "seed": 1}, acc(0.92))
+    write_run(
+        root,
+        "8",
+        {**KD, "alpha": 0.9, "temperature": 4.0, "seed": 2},
+        None,
+        status="failed",
+        error="the training loss became nan at global step 12 (epoch 0); lower module.optimizer.lr",
+    )
+    write_run(
+        root, "9", {**KD, "alpha": 0.9, "temperature": 2.0, "seed": 2}, None, status="running"
+    )
+    write_run(root, "10", None, overrides=["+experiment=fmnist_mlp_kd", "distill.alpha=0.7"])
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_rows_hold_hand_computed_means_and_sample_stds(sweep):
+    rep = report.build_report(sweep)
+    rows = read_csv(sweep / "results.csv")
+    assert len(rows) == 5  # baseline, (0.5, 2), (0.5, 4), (0.9, 2), (0.9, 4)
+    assert [r["method"] for r in rows][:1] == ["none"]  # baselines first
+    baseline = rows[0]
+    assert baseline["n_seeds"] == "2" and baseline["alpha"] == ""
+    # test/acc_best 0.90, 0.92: mean 0.91, sample std sqrt((0.01^2 + 0.01^2) / 1) = 0.0141421
+    assert float(baseline["test/acc_best_mean"]) == pytest.approx(0.91)
+    assert float(baseline["test/acc_best_std"]) == pytest.approx(0.0141421356, rel=1e-6)
+    # test/acc_last 0.89, 0.93: mean 0.91, std sqrt(2 * 0.02^2) = 0.0282843
+    assert float(baseline["test/acc_last_std"]) == pytest.approx(0.0282842712, rel=1e-6)
+    # val/acc_best 0.91, 0.95: mean 0.93
+    assert float(baseline["val/acc_best_mean"]) == pytest.approx(0.93)
+    kd = next(r for r in rows if r["alpha"] == "0.5" and float(r["temperature"]) == 2)
+    # 0.93, 0.95, 0.94: mean 0.94, deviations -0.01, 0.01, 0 -> std sqrt(0.0002 / 2) = 0.01
+    assert kd["n_seeds"] == "3" and kd["seeds"] == "1 2 3"
+    assert float(kd["test/acc_best_mean"]) == pytest.approx(0.94)
+    assert float(kd["test/acc_best_std"]) == pytest.approx(0.01)
+    single = next(r for r in rows if r["alpha"] == "0.9" and float(r["temperature"]) == 2)
+    assert single["n_seeds"] == "1" and single["test/acc_best_std"] == ""  # one seed: no std
+    assert list(rows[0])[:5] == ["method", "teacher", "alpha", "temperature", "reduction"]
+    assert rep.shared == {
+        "experiment": "fmnist_mlp_kd",
+        "data": "fashion_mnist",
+        "student": "MLP-800-800",
+        "lr": 0.01,
+    }
+
+
+def test_markdown_shows_percent_and_lists_failed_and_unfinished_runs(sweep):
+    report.build_report(sweep)
+    md = (sweep / "report.md").read_text()
+    assert (
+        "11 runs: 8 finished, 1 failed, 1 running or killed, 1 without metrics; 5 configurations."
+        in md
+    )
+    assert "| 94.00 ± 1.00 |" in md  # alpha 0.5, T 2
+    assert "| 91.00 ± 1.41 | 91.00 ± 2.83 | 93.00 ± 2.83 |" in md  # the baseline row
+    assert "| **0.9** | **2** |" in md  # best mean validation accuracy (0.97) is bold
+    failed = md.split("## Failed runs")[1].split("##")[0]
+    assert "| 8 | 2 |" in failed and "the training loss became nan at global step 12" in failed
+    unfinished = md.split("## Runs without final metrics")[1]
+    assert "| 9 | running or killed | 2 |" in unfinished
+    assert "| 10 | no metrics | 7 |" in unfinished and "distill.alpha=0.7" in unfinished
+    assert "![heatmap_alpha_T](heatmap_alpha_T.png)" in md
+
+
+def test_figures_are_written_for_an_alpha_t_grid(sweep, tmp_path, render):
+    out = tmp_path / "out"
+    rep = report.build_report(sweep, out)
+    assert sorted(p.name for p in rep.figures) == ["accuracy_vs_T.png", "heatmap_alpha_T.png"]
+    for p in rep.figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.md").is_file() and (out / "results.csv").is_file()
+    assert not (sweep / "report.md").exists()
+
+
+def test_one_heat_map_per_value_of_another_varying_hparam(tmp_path):
+    for job, (lr, a, t) in enumerate(
+        [(lr, a, t) for lr in (0.01, 0.1) for a in (0.5, 0.9) for t in (2, 4)]
+    ):
+        write_run(
+            tmp_path,
+            str(job),
+            {**KD, "lr": lr, "alpha": a, "temperature": t, "seed": 0},
+            acc(0.5 + job / 100),
+        )
+    rep = report.build_report(tmp_path)
+    names = sorted(p.name for p in rep.figures)
+    assert names == [
+        "accuracy_vs_T__lr=0.01.png",
+        "accuracy_vs_T__lr=0.1.png",
+        "heatmap_alpha_T__lr=0.01.png",
+        "heatmap_alpha_T__lr=0.1.png",
+    ]
+    assert rep.columns == ["lr", "alpha", "temperature"]
+
+
+def test_no_figures_without_a_grid(tmp_path):
+    write_run(tmp_path, "0", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.8))
+    write_run(tmp_path, "1", {**KD, "alpha": 0.9, "temperature": 2, "seed": 0}, acc(0.9))
+    rep = report.build_report(tmp_path)
+    assert rep.figures == [] and len(rep.rows) == 2
+    assert "No alpha x T figures" in (tmp_path / "report.md").read_text()
+
+
+def test_runs_are_found_at_any_depth_and_sorted_naturally(tmp_path):
+    for job in (10, 9, 2):
+        write_run(
+            tmp_path / "a" / "multiruns" / "t",
+            str(job),
+            {**KD, "alpha": 0.5, "temperature": 2, "seed": job},
+            acc(0.9),
+        )
+    dirs = report.find_run_dirs(tmp_path)
+    assert [d.name for d in dirs] == ["2", "9", "10"]
+    assert report.read_run(dirs[0]).seed == 2
+
+
+def test_a_single_run_folder_is_a_report_of_one(tmp_path):
+    run = write_run(tmp_path, "run", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.9))
+    rep = report.build_report(run)
+    assert len(rep.rows) == 1 and rep.columns == ["experiment"]
+
+
+def test_mean_std_is_the_sample_std():
+    st = report.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert st.mean == 2.5 and st.n == 4
+    assert st.std == pytest.approx(math.sqrt(5 / 3))  # sum of squares 5, n - 1 = 3
+    assert report.mean_std([0.7]).std is None
+    assert report.mean_std([None, float("nan")]).mean is None
+
+
+def test_unreadable_metrics_are_listed(tmp_path):
+    write_run(tmp_path, "ok", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.9))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("{not json")
+    rep = report.build_report(tmp_path)
+    assert [r.status for r in rep.runs] == ["unreadable", "finished"]
+    assert "| bad | unreadable: metrics.json:" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_writes_the_report_and_exits_0(sweep, tmp_path, capsys):
+    assert report.main([str(sweep), "--out", str(tmp_path / "o")]) == 0
+    assert "11 runs (8 finished, 1 failed), 5 configurations" in capsys.readouterr().out
+    assert (tmp_path / "o" / "results.csv").is_file()
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_cli_says_one_sentence_and_exits_2_without_runs(tmp_path, capsys, make):
+    target = tmp_path / "nothing"
+    if make == "empty":
+        (target / "sub").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(target)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert ("does not exist" if make == "missing" else "no runs found") in err
