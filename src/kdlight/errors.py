@@ -120,6 +120,9 @@ class OutputDirCheck(_hydra_callback_base()):
         problem = output_dir_problem(str(path)) if path else None
         if problem:
             # SystemExit, not an exception: Hydra turns a callback's exception into a warning
-            print(f"error: the output folder {path} cannot be written ({problem}); set {key} "
-                  "(or paths.log_dir) to a folder you can write.", file=sys.stderr)
+            print(
+                f"error: the output folder {path} cannot be written ({problem}); set {key} "
+                "(or paths.log_dir) to a folder you can write.",
+                file=sys.stderr,
+            )
             sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def key_hash(key: dict[str, Any]) -> str:
 def build_teacher(cfg: DictConfig, datamodule) -> tuple[nn.Module, dict[str, Any]]:
     """Return the frozen teacher network and a dict describing where it came from."""
     net = instantiate(cfg.teacher)
+    _check_outputs(net, datamodule)  # before any (possibly long) teacher training
     ckpt = cfg.get("teacher_ckpt")
     if ckpt:
         path = Path(to_absolute_path(str(ckpt)))
@@ -74,6 +76,30 @@ def build_teacher(cfg: DictConfig, datamodule) -> tuple[nn.Module, dict[str, Any
     return net, info
 
 
+def _check_outputs(net: nn.Module, datamodule) -> None:
+    """Raise :class:`ConfigError` unless ``net`` takes the data's inputs and predicts its classes."""
+    datamodule.setup("fit")
+    example = datamodule.view_batch(datamodule.train_idx[:2], None)
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(example)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the teacher {type(net).__name__} cannot take this dataset's inputs of shape "
+            f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        net.train(was)
+    n = datamodule.num_classes
+    if out.shape[1] != n:
+        raise ConfigError(
+            f"the teacher {type(net).__name__} predicts {out.shape[1]} classes but the data has "
+            f"{n}; set teacher.num_classes={n}."
+        )
+
+
 def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any]:
     """Load the stored teacher for this config, training and storing it first if needed."""
     if cfg.get("teacher_train") is None:
@@ -85,6 +111,13 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
     with file_lock(folder / "train.lock"):
         meta = _read_valid(path, h)
         if meta is None:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            if world > 1:  # torchrun/SLURM started every rank: none can train alone while the others wait
+                raise ConfigError(
+                    f"the teacher for this run is not in the store {folder} and cannot be trained by "
+                    f"one of {world} distributed processes; train it first with a single-process run "
+                    "of the same experiment (trainer.devices=1), or set teacher_ckpt."
+                )
             log.info("training teacher %s into the store %s", cfg.teacher._target_, folder)
             state, meta = _train(cfg, net, datamodule, folder, key, h)
             atomic_torch_save({"state_dict": state, "kdlight": meta}, path)
@@ -127,6 +160,13 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
         max_epochs=int(tt.max_epochs),
         callbacks=callbacks,
         logger=TensorBoardLogger(str(folder), name="tb", version="", default_hp_metric=False),
+        # One process, also when the run is DDP: we hold the store lock, so the other ranks
+        # (started by this process's first distributed fit, or by torchrun/SLURM) cannot join
+        # a distributed teacher fit; they wait on the lock and reuse the stored teacher.
+        strategy="auto",
+        devices=1,
+        num_nodes=1,
+        sync_batchnorm=False,
     )
     trainer.fit(module, datamodule=dm)
     if ckpt_cb.best_model_path:

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
@@ -84,6 +85,15 @@ def check_config(cfg: DictConfig) -> None:
             f"data.unlabeled=true with distill.alpha={distill.alpha}: the (1 - alpha) cross-entropy "
             "term needs labels; set distill.alpha=1.0 to learn from the teacher's targets alone."
         )
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if strategy.startswith("ddp") and not any(s in strategy for s in ("spawn", "fork", "notebook")):
+        from kdlight.errors import _in_multirun
+
+        if _in_multirun():  # Lightning starts each extra rank by re-running sys.argv: the whole sweep
+            raise ConfigError(
+                f"trainer.strategy={strategy} cannot run inside a Hydra multirun (each extra process "
+                "would start the whole sweep again); use trainer.strategy=ddp_spawn for sweeps."
+            )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -93,19 +103,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     hp = hparams_of(cfg)
     started = time.time()
-    atomic_write_json(metrics_path, {"status": "running", "hparams": hp})
+
+    def write(path: Path, obj: dict[str, Any]) -> None:  # under DDP every rank runs this; one writes
+        if rank_zero_only.rank == 0:
+            atomic_write_json(path, obj)
+
+    write(metrics_path, {"status": "running", "hparams": hp})
     try:
         metrics = _run(cfg, out, hp)
     except BaseException as exc:
         user = find_user_error(exc)
-        atomic_write_json(
+        write(
             metrics_path,
             {"status": "failed", "hparams": hp, "error": str(user or exc) or type(exc).__name__,
              "wall_s": round(time.time() - started, 2)},
         )
         raise
     metrics.update(status="finished", hparams=hp, wall_s=round(time.time() - started, 2))
-    atomic_write_json(metrics_path, metrics)
+    write(metrics_path, metrics)
     log.info("metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
     return metrics
 
@@ -184,6 +199,7 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
     if not store_cfg or not store_cfg.get("enabled", False):
         return None
     from kdlight.checkpoints import weights_hash
+    from kdlight.data.augment import AUGMENT_VERSION
     from kdlight.store import TeacherLogitStore
     from kdlight.teacher import key_hash
 
@@ -194,6 +210,7 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         "fingerprint": datamodule.fingerprint(),
         "indices": key_hash({"idx": idx.tolist()}),
         "transform": datamodule.transform_key(),
+        "augment_version": AUGMENT_VERSION,
     }
     root = Path(hydra.utils.to_absolute_path(cfg.paths.store_dir)) / "logits"
     return TeacherLogitStore(root, key, num_samples=int(idx.numel()), num_classes=datamodule.num_classes,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from kdlight.data.augment import random_crop_flip, view_of
 from kdlight.data.subsets import check_fraction, labeled_subset, split_train_val
@@ -37,6 +38,25 @@ class _Indices(Dataset):
 
     def __getitem__(self, i: int) -> int:
         return int(self.indices[i])
+
+
+class _EpochSeededShuffle(RandomSampler):
+    """A shuffle whose order is a pure function of (seed, epoch), not of the global RNG's state.
+
+    Lightning calls ``set_epoch`` at each epoch start, as for the ``DistributedSampler`` that
+    replaces this one under DDP (seeded alike), so a run resumed from a checkpoint draws the
+    same orders as an uninterrupted run. ``seed``: the one ``seed_everything`` last set (what
+    Lightning's ``DistributedSampler`` uses too), else a draw from the global RNG (``seed: null``).
+    """
+
+    def __init__(self, data_source: Dataset) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        self.seed = int(seed) if seed is not None else int(torch.randint(2**31, ()).item())
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed((self.seed * 1_000_003 + int(epoch)) % 2**63)
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -151,7 +171,7 @@ class ArrayDataModule(L.LightningDataModule):
         return DataLoader(
             _Indices(idx),
             batch_size=batch,
-            shuffle=shuffle,
+            sampler=_EpochSeededShuffle(_Indices(idx)) if shuffle else None,
             num_workers=0,
             collate_fn=functools.partial(self.collate, split=split),
         )

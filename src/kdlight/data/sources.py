@@ -496,7 +496,7 @@ def load_cifar10(
     else:
         looked.append("torchvision download (skipped: data.download=false)")
     raise DataError(
-        f"CIFAR-10 not found; looked at: {'; '.join(looked)}. Provide it with "
+        f"CIFAR-10 not found; looked at: {'; '.join(looked)}; provide it with "
         f"data.download=true (torchvision, needs the network) or an image-folder archive "
         f"via data.archive=/path/to/{CIFAR10_ARCHIVE_NAME} (or ${CIFAR10_ARCHIVE_ENV})."
     )
@@ -643,7 +643,7 @@ def load_mnist_family(name: str, data_dir: str | os.PathLike, download: bool = T
     hint = " or install Debian's dataset-fashion-mnist package" if name == "fashion_mnist" else ""
     raise DataError(
         f"{name} not found: expected {', '.join(IDX_FILES)} (each raw or .gz); looked at "
-        f"{'; '.join(looked)}. Put the files in {data_dir / name}{hint}, or set "
+        f"{'; '.join(looked)}; put the files in {data_dir / name}{hint}, or set "
         f"data.download=true with network access."
     )
 
