@@ -19,7 +19,9 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
     """Write ``array`` (uint8) in the IDX format (magic 0x0803 for images, 0x0801 for labels)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
     data = header + array.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     if gz:
@@ -29,7 +31,9 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
         path.write_bytes(data)
 
 
-def make_images(n: int, size: int, channels: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_images(
+    n: int, size: int, channels: int, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Learnable toy images: each class lights a different band of rows, plus noise."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % num_classes
@@ -41,7 +45,9 @@ def make_images(n: int, size: int, channels: int, num_classes: int, seed: int) -
     return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
 
 
-def write_mnist_like(root: Path, name: str = "fashion_mnist", n_train: int = 300, n_test: int = 100) -> Path:
+def write_mnist_like(
+    root: Path, name: str = "fashion_mnist", n_train: int = 300, n_test: int = 100
+) -> Path:
     d = root / name
     for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
         x, y = make_images(n, 28, 1, 10, seed)
@@ -53,7 +59,18 @@ def write_mnist_like(root: Path, name: str = "fashion_mnist", n_train: int = 300
 def write_image_folder(root: Path, n_train: int = 200, n_test: int = 60, size: int = 32) -> Path:
     from PIL import Image
 
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         x, y = make_images(n, size, 3, 10, seed)
         for i, (img, c) in enumerate(zip(x, y, strict=True)):
@@ -73,7 +90,9 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def compose_cfg(overrides: list[str], tmp_path: Path, data_dir: Path, store_dir: Path | None = None) -> DictConfig:
+def compose_cfg(
+    overrides: list[str], tmp_path: Path, data_dir: Path, store_dir: Path | None = None
+) -> DictConfig:
     """The config a user would get, made tiny: CPU, few samples, no progress bar."""
     base = [
         f"paths.data_dir={data_dir}",

@@ -32,10 +32,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     net = instantiate(cfg.teacher if cfg.get("eval_teacher") else cfg.student)
     load_weights(net, to_absolute_path(str(cfg.weights)))
     module = ClassifierModule(net, datamodule.num_classes, optimizer=lambda params: None)
-    trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False)
-    out = {"val/acc": float(trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/acc"]),
-           "test/acc": float(trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"])}
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.get("accelerator", "auto"),
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    out = {
+        "val/acc": float(
+            trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/acc"]
+        ),
+        "test/acc": float(
+            trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
+        ),
+    }
     print(json.dumps({"weights": str(cfg.weights), **out}))
     return out
 

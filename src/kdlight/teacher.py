@@ -26,13 +26,21 @@ from torch import nn
 
 from kdlight.checkpoints import load_weights
 from kdlight.errors import CheckpointError, ConfigError
+from kdlight.modules.base import check_outputs
 from kdlight.modules.classifier import ClassifierModule
 from kdlight.utils import atomic_torch_save, file_lock
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-_TRAINER_KEYS = ("max_epochs", "fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "precision")
+_TRAINER_KEYS = (
+    "max_epochs",
+    "fast_dev_run",
+    "limit_train_batches",
+    "limit_val_batches",
+    "overfit_batches",
+    "precision",
+)
 
 
 def teacher_key(cfg: DictConfig, datamodule) -> dict[str, Any]:
@@ -62,42 +70,21 @@ def key_hash(key: dict[str, Any]) -> str:
 def build_teacher(cfg: DictConfig, datamodule) -> tuple[nn.Module, dict[str, Any]]:
     """Return the frozen teacher network and a dict describing where it came from."""
     net = instantiate(cfg.teacher)
-    _check_outputs(net, datamodule)  # before any (possibly long) teacher training
+    example = datamodule.view_batch(datamodule.train_idx[:2], None)
+    check_outputs(net, example, datamodule.num_classes, "teacher")  # before any (long) training
     ckpt = cfg.get("teacher_ckpt")
     if ckpt:
         path = Path(to_absolute_path(str(ckpt)))
         if not path.is_file():
-            raise CheckpointError(f"teacher checkpoint {path} does not exist; set teacher_ckpt to an existing file or null to train the teacher.")
+            raise CheckpointError(
+                f"teacher checkpoint {path} does not exist; set teacher_ckpt to an existing file or null to train the teacher."
+            )
         load_weights(net, path)
         info: dict[str, Any] = {"source": str(path)}
     else:
         info = train_or_reuse(cfg, net, datamodule)
     net.eval().requires_grad_(False)
     return net, info
-
-
-def _check_outputs(net: nn.Module, datamodule) -> None:
-    """Raise :class:`ConfigError` unless ``net`` takes the data's inputs and predicts its classes."""
-    datamodule.setup("fit")
-    example = datamodule.view_batch(datamodule.train_idx[:2], None)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            out = net(example)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"the teacher {type(net).__name__} cannot take this dataset's inputs of shape "
-            f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
-        ) from None
-    finally:
-        net.train(was)
-    n = datamodule.num_classes
-    if out.shape[1] != n:
-        raise ConfigError(
-            f"the teacher {type(net).__name__} predicts {out.shape[1]} classes but the data has "
-            f"{n}; set teacher.num_classes={n}."
-        )
 
 
 def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any]:
@@ -112,7 +99,9 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
         meta = _read_valid(path, h)
         if meta is None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
-            if world > 1:  # torchrun/SLURM started every rank: none can train alone while the others wait
+            if (
+                world > 1
+            ):  # torchrun/SLURM started every rank: none can train alone while the others wait
                 raise ConfigError(
                     f"the teacher for this run is not in the store {folder} and cannot be trained by "
                     f"one of {world} distributed processes; train it first with a single-process run "
@@ -122,9 +111,13 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
             state, meta = _train(cfg, net, datamodule, folder, key, h)
             atomic_torch_save({"state_dict": state, "kdlight": meta}, path)
             (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
-            shutil.rmtree(folder / "ckpt", ignore_errors=True)  # teacher.pt holds all that is needed
+            shutil.rmtree(
+                folder / "ckpt", ignore_errors=True
+            )  # teacher.pt holds all that is needed
         else:
-            log.info("reusing stored teacher %s (val acc %.4f)", path, meta.get("val_acc", float("nan")))
+            log.info(
+                "reusing stored teacher %s (val acc %.4f)", path, meta.get("val_acc", float("nan"))
+            )
     load_weights(net, path)
     return {"source": str(path), **{k: meta[k] for k in ("val_acc", "test_acc") if k in meta}}
 
@@ -153,7 +146,9 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
         scheduler=instantiate(tt.scheduler) if tt.get("scheduler") else None,
     )
     shutil.rmtree(folder / "ckpt", ignore_errors=True)  # leftovers of an interrupted training
-    ckpt_cb = ModelCheckpoint(dirpath=folder / "ckpt", monitor="val/acc", mode="max", filename="best", save_last=False)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=folder / "ckpt", monitor="val/acc", mode="max", filename="best", save_last=False
+    )
     callbacks = [ckpt_cb] + [c for c in _progress_callbacks(cfg)]
     trainer = instantiate(
         cfg.trainer,
@@ -171,7 +166,9 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
     trainer.fit(module, datamodule=dm)
     if ckpt_cb.best_model_path:
         load_weights(net, ckpt_cb.best_model_path)
-    val_acc = float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else float("nan")
+    val_acc = (
+        float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else float("nan")
+    )
     test = trainer.test(module, datamodule=dm, verbose=False)
     test_acc = float(test[0]["test/acc"]) if test else float("nan")
     torch.random.set_rng_state(seed_state)

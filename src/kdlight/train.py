@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
+from kdlight.modules.base import check_outputs
 from kdlight.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def check_config(cfg: DictConfig) -> None:
     if strategy.startswith("ddp") and not any(s in strategy for s in ("spawn", "fork", "notebook")):
         from kdlight.errors import _in_multirun
 
-        if _in_multirun():  # Lightning starts each extra rank by re-running sys.argv: the whole sweep
+        if (
+            _in_multirun()
+        ):  # Lightning starts each extra rank by re-running sys.argv: the whole sweep
             raise ConfigError(
                 f"trainer.strategy={strategy} cannot run inside a Hydra multirun (each extra process "
                 "would start the whole sweep again); use trainer.strategy=ddp_spawn for sweeps."
@@ -104,7 +107,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hp = hparams_of(cfg)
     started = time.time()
 
-    def write(path: Path, obj: dict[str, Any]) -> None:  # under DDP every rank runs this; one writes
+    def write(
+        path: Path, obj: dict[str, Any]
+    ) -> None:  # under DDP every rank runs this; one writes
         if rank_zero_only.rank == 0:
             atomic_write_json(path, obj)
 
@@ -115,8 +120,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         user = find_user_error(exc)
         write(
             metrics_path,
-            {"status": "failed", "hparams": hp, "error": str(user or exc) or type(exc).__name__,
-             "wall_s": round(time.time() - started, 2)},
+            {
+                "status": "failed",
+                "hparams": hp,
+                "error": str(user or exc) or type(exc).__name__,
+                "wall_s": round(time.time() - started, 2),
+            },
         )
         raise
     metrics.update(status="finished", hparams=hp, wall_s=round(time.time() - started, 2))
@@ -138,14 +147,18 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
     module_cfg = cfg.module
     optimizer = instantiate(module_cfg.optimizer)
     scheduler = instantiate(module_cfg.scheduler) if module_cfg.get("scheduler") else None
-    example = datamodule.view_batch(datamodule.val_idx[:2] if datamodule.val_idx.numel() else datamodule.train_idx[:2], None)
+    example = datamodule.view_batch(
+        datamodule.val_idx[:2] if datamodule.val_idx.numel() else datamodule.train_idx[:2], None
+    )
     if cfg.get("distill") is None:
         from kdlight.modules.classifier import ClassifierModule
 
-        _check_classes(student, example, num_classes)
-        module = ClassifierModule(student, num_classes, optimizer, scheduler, compile=module_cfg.get("compile", False))
+        check_outputs(student, example, num_classes, "student")
+        module = ClassifierModule(
+            student, num_classes, optimizer, scheduler, compile=module_cfg.get("compile", False)
+        )
     else:
-        from kdlight.modules.distill import DistillationModule, check_compatible
+        from kdlight.modules.distill import DistillationModule
         from kdlight.teacher import build_teacher
 
         # distill.module (optional): a partial of the system around the loss (FitNets, data-free KD)
@@ -157,13 +170,18 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
             student = instantiate(cfg.student)
-        check_compatible(student, teacher, example)
-        _check_classes(student, example, num_classes)
+        check_outputs(student, example, num_classes, "student")
         metrics.update({f"teacher/{k}": v for k, v in info.items()})
         store = _teacher_store(cfg, teacher, datamodule)
         module = system(
-            student, teacher, loss, num_classes, optimizer, scheduler,
-            compile=module_cfg.get("compile", False), teacher_store=store,
+            student,
+            teacher,
+            loss,
+            num_classes,
+            optimizer,
+            scheduler,
+            compile=module_cfg.get("compile", False),
+            teacher_store=store,
             log_agreement=module_cfg.get("log_agreement", True),
         )
         if hasattr(module, "fit_datamodule"):  # data-free KD trains on a reconstructed set
@@ -178,18 +196,24 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
     if "test/agreement" in last[0]:
         metrics["test/agreement_last"] = float(last[0]["test/agreement"])
     if ckpt_cb is not None and ckpt_cb.best_model_path and ckpt_cb.best_model_score is not None:
-        best = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_cb.best_model_path, verbose=False)
+        best = trainer.test(
+            module, datamodule=datamodule, ckpt_path=ckpt_cb.best_model_path, verbose=False
+        )
         metrics["test/acc_best"] = float(best[0]["test/acc"])
         if "test/agreement" in best[0]:
             metrics["test/agreement_best"] = float(best[0]["test/agreement"])
         metrics["val/acc_best"] = float(ckpt_cb.best_model_score)
         metrics["best_checkpoint"] = str(ckpt_cb.best_model_path)
-        metrics["best_epoch"] = int(torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=True)["epoch"])
+        metrics["best_epoch"] = int(
+            torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=True)["epoch"]
+        )
     else:  # no checkpoint written (e.g. fast_dev_run): the last weights are all there is
         metrics["test/acc_best"] = metrics["test/acc_last"]
     metrics["epochs"] = int(trainer.current_epoch)
     for lg in trainer.loggers:
-        lg.log_hyperparams(hp, {"hp_metric": metrics["test/acc_best"], "test/acc_last": metrics["test/acc_last"]})
+        lg.log_hyperparams(
+            hp, {"hp_metric": metrics["test/acc_best"], "test/acc_last": metrics["test/acc_last"]}
+        )
         lg.finalize("success")
     return metrics
 
@@ -213,27 +237,13 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         "augment_version": AUGMENT_VERSION,
     }
     root = Path(hydra.utils.to_absolute_path(cfg.paths.store_dir)) / "logits"
-    return TeacherLogitStore(root, key, num_samples=int(idx.numel()), num_classes=datamodule.num_classes,
-                             dtype=store_cfg.get("dtype", "float16"))
-
-
-def _check_classes(net, example, num_classes: int) -> None:
-    with torch.no_grad():
-        was = net.training
-        net.eval()
-        try:
-            out = net(example)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"the model {type(net).__name__} cannot take this dataset's inputs of shape "
-                f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
-            ) from None
-        net.train(was)
-    if out.shape[1] != num_classes:
-        raise ConfigError(
-            f"the model {type(net).__name__} predicts {out.shape[1]} classes but the data has "
-            f"{num_classes}; set the model's num_classes={num_classes}."
-        )
+    return TeacherLogitStore(
+        root,
+        key,
+        num_samples=int(idx.numel()),
+        num_classes=datamodule.num_classes,
+        dtype=store_cfg.get("dtype", "float16"),
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

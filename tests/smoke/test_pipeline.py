@@ -10,18 +10,29 @@ import pytest
 from kdlight.train import run
 from tests.smoke import recorder
 
-RECORD = ["+callbacks.recorder._target_=tests.smoke.recorder.LossRecorder", "trainer.log_every_n_steps=1"]
+RECORD = [
+    "+callbacks.recorder._target_=tests.smoke.recorder.LossRecorder",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def _losses(make_cfg, *overrides, store_dir):
     recorder.RECORDS.clear()
-    run(make_cfg(*overrides, *RECORD, "+trainer.max_steps=4", "trainer.max_epochs=4", store_dir=store_dir))
+    run(
+        make_cfg(
+            *overrides, *RECORD, "+trainer.max_steps=4", "trainer.max_epochs=4", store_dir=store_dir
+        )
+    )
     return [r["train/loss"] for r in recorder.RECORDS]
 
 
 @pytest.mark.parametrize(
     ("experiment", "dtype", "rel"),
-    [("fmnist_mlp_kd", "float32", 1e-5), ("fmnist_mlp_kd", "float16", 2e-3), ("cifar_cnn_kd_5pct_cpu", "float32", 1e-4)],
+    [
+        ("fmnist_mlp_kd", "float32", 1e-5),
+        ("fmnist_mlp_kd", "float16", 2e-3),
+        ("cifar_cnn_kd_5pct_cpu", "float32", 1e-4),
+    ],
 )
 def test_store_served_logits_give_the_online_losses(make_cfg, tmp_path, experiment, dtype, rel):
     store = tmp_path / "shared-store"
@@ -38,7 +49,14 @@ def test_sweep_runs_share_one_trained_teacher(make_cfg, tmp_path):
     first = run(make_cfg("+experiment=fmnist_mlp_kd", "distill.alpha=0.5", store_dir=store))
     teacher_file = Path(first["teacher/source"])
     stamp = teacher_file.stat().st_mtime_ns
-    second = run(make_cfg("+experiment=fmnist_mlp_kd", "distill.alpha=0.7", "distill.temperature=4", store_dir=store))
+    second = run(
+        make_cfg(
+            "+experiment=fmnist_mlp_kd",
+            "distill.alpha=0.7",
+            "distill.temperature=4",
+            store_dir=store,
+        )
+    )
     assert second["teacher/source"] == first["teacher/source"]
     assert teacher_file.stat().st_mtime_ns == stamp
     assert len(list((store / "teachers").iterdir())) == 1

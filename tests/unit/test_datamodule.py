@@ -4,7 +4,14 @@ from kdlight.data.mnist import MNISTDataModule
 
 
 def _dm(data_dir, **kw):
-    dm = MNISTDataModule(name="fashion_mnist", data_dir=str(data_dir), download=False, val_size=50, batch_size=32, **kw)
+    dm = MNISTDataModule(
+        name="fashion_mnist",
+        data_dir=str(data_dir),
+        download=False,
+        val_size=50,
+        batch_size=32,
+        **kw,
+    )
     dm.setup()
     return dm
 

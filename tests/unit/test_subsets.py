@@ -6,7 +6,9 @@ from kdlight.errors import ConfigError
 
 
 def _labels(per_class=(100, 100, 50, 250)):
-    return torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])[torch.randperm(sum(per_class), generator=torch.Generator().manual_seed(0))]
+    return torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])[
+        torch.randperm(sum(per_class), generator=torch.Generator().manual_seed(0))
+    ]
 
 
 def test_stratified_sample_exact_count_and_proportions():

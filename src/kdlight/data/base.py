@@ -111,9 +111,13 @@ class ArrayDataModule(L.LightningDataModule):
                 f"data.batch_size={batch_size} / eval_batch_size={eval_batch_size} are invalid; both must be > 0."
             )
         if views is not None and int(views) < 0:
-            raise ConfigError(f"data.views={views} is invalid; use null (one view per epoch) or K >= 1.")
+            raise ConfigError(
+                f"data.views={views} is invalid; use null (one view per epoch) or K >= 1."
+            )
         if len(mean) != len(std) or any(float(s) <= 0 for s in std):
-            raise ConfigError(f"data.mean={list(mean)} / data.std={list(std)} are invalid; equal lengths, std > 0.")
+            raise ConfigError(
+                f"data.mean={list(mean)} / data.std={list(std)} are invalid; equal lengths, std > 0."
+            )
         self.data_dir = str(data_dir)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
@@ -158,7 +162,9 @@ class ArrayDataModule(L.LightningDataModule):
             raise DataError(f"{self.name} in {self.data_dir} has no training or no test samples.")
         self.arrays = arrays
         pool, self.val_idx = split_train_val(arrays.train_y, self.val_size, self.split_seed)
-        self.train_idx = labeled_subset(pool, arrays.train_y, self.labeled_fraction, self.split_seed)
+        self.train_idx = labeled_subset(
+            pool, arrays.train_y, self.labeled_fraction, self.split_seed
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

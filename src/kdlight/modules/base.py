@@ -56,7 +56,9 @@ class EvalModule(L.LightningModule):
                 "good checkpoint is kept)."
             )
 
-    def _eval_step(self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def _eval_step(
+        self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy
+    ) -> torch.Tensor:
         logits = self.net(batch["x"])
         y = batch["y"]
         loss = F.cross_entropy(logits.float(), y)
@@ -75,8 +77,34 @@ class EvalModule(L.LightningModule):
         return self.net.parameters()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.trainable_parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(
+            params=[p for p in self.trainable_parameters() if p.requires_grad]
+        )
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def check_outputs(net: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
+    """Raise :class:`ConfigError` unless ``net`` takes ``example``'s shape and predicts ``num_classes``."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(example)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the {role} {type(net).__name__} cannot take this dataset's inputs of shape "
+            f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        net.train(was)
+    if out.shape[1] != num_classes:
+        raise ConfigError(
+            f"the {role} {type(net).__name__} predicts {out.shape[1]} classes but the data has "
+            f"{num_classes}; set {role}.num_classes={num_classes}."
+        )

@@ -16,7 +16,9 @@ from kdlight.modules.base import EvalModule
 class ClassifierModule(EvalModule):
     """Cross-entropy training of ``net``; logs ``train/loss``, ``train/acc``, ``val/*``, ``test/*``."""
 
-    def __init__(self, net: nn.Module, num_classes: int, optimizer, scheduler=None, compile: bool = False):
+    def __init__(
+        self, net: nn.Module, num_classes: int, optimizer, scheduler=None, compile: bool = False
+    ):
         super().__init__(num_classes, optimizer, scheduler, compile)
         self.net = net
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -33,5 +35,7 @@ class ClassifierModule(EvalModule):
         self.check_finite(loss)
         self.train_acc(logits, batch["y"])
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=logits.shape[0])
+        self.log(
+            "train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=logits.shape[0]
+        )
         return loss

@@ -48,7 +48,9 @@ class DistillationModule(EvalModule):
         self.agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self._positions: torch.Tensor | None = None
         self.strict_loading = False  # teacher weights are not stored in our checkpoints
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_store"])
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_store"]
+        )
 
     @property
     def student(self) -> nn.Module:
@@ -103,10 +105,14 @@ class DistillationModule(EvalModule):
         loss = terms["loss"]
         self.check_finite(loss)
         for name, value in terms.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=student_logits.shape[0])
+            self.log(
+                f"train/{name}", value, prog_bar=name == "loss", batch_size=student_logits.shape[0]
+            )
         if labels is not None:
             self.train_acc(student_logits, labels)
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=labels.numel())
+            self.log(
+                "train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=labels.numel()
+            )
         return loss
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -125,32 +131,3 @@ class DistillationModule(EvalModule):
 
     def trainable_parameters(self):
         return self.net.parameters()
-
-
-def check_compatible(student: nn.Module, teacher: nn.Module, example: torch.Tensor) -> None:
-    """Raise :class:`ConfigError` when teacher and student disagree on input or class count."""
-    with torch.no_grad():
-        was = (student.training, teacher.training)
-        student.eval()
-        teacher.eval()
-        try:
-            s = student(example)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"the student {type(student).__name__} cannot take this dataset's inputs "
-                f"of shape {tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
-            ) from None
-        try:
-            t = teacher(example)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"the teacher {type(teacher).__name__} cannot take this dataset's inputs "
-                f"of shape {tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
-            ) from None
-        student.train(was[0])
-        teacher.train(was[1])
-    if s.shape[1] != t.shape[1]:
-        raise ConfigError(
-            f"the teacher {type(teacher).__name__} predicts {t.shape[1]} classes but the student "
-            f"{type(student).__name__} predicts {s.shape[1]}; they must match."
-        )
