@@ -111,3 +111,40 @@ class HintonKD(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, temperature={self.temperature}, reduction={self.reduction!r}"
+
+
+def hint_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+    """FitNets hint loss (Romero et al., 2014, "FitNets: Hints for Thin Deep Nets", eq. 3).
+
+    L_HT = mean over batch and elements of (u_h(x) - r(v_g(x)))^2
+
+    ``hint`` is the teacher's hint-layer output u_h(x), ``regressed`` the regressor r applied to
+    the student's guided-layer output v_g(x); their shapes must be equal. The paper's
+    1/2 ||.||^2 per sample is replaced by the element mean (a constant factor, so the scale no
+    longer depends on the layer's size).
+    """
+    if regressed.shape != hint.shape:
+        raise ValueError(
+            f"hint loss: regressed student features {tuple(regressed.shape)} and teacher hint "
+            f"{tuple(hint.shape)} differ in shape."
+        )
+    return F.mse_loss(regressed.float(), hint.float())
+
+
+def activation_matching_loss(
+    activations: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Data-free reconstruction loss (Lopes, Fenu & Starner, 2017, "all layers" statistics).
+
+    L = sum over layers l of mean over batch and units of (a_l(x) - t_l)^2
+
+    ``activations[l]`` and ``targets[l]`` are ``(N, d_l)``; each layer weighs the same whatever
+    its width. Each sample's term depends only on that sample, so a batch is N independent
+    problems solved at once.
+    """
+    if set(activations) != set(targets):
+        raise ValueError(
+            f"activation matching: layers {sorted(activations)} and targets {sorted(targets)} differ."
+        )
+    terms = [F.mse_loss(activations[k].float(), targets[k].float()) for k in sorted(targets)]
+    return torch.stack(terms).sum()
