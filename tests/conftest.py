@@ -11,6 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from kdlight.data.sources import CIFAR10_CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -59,18 +61,7 @@ def write_mnist_like(
 def write_image_folder(root: Path, n_train: int = 200, n_test: int = 60, size: int = 32) -> Path:
     from PIL import Image
 
-    classes = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+    classes = list(CIFAR10_CLASSES)
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         x, y = make_images(n, size, 3, 10, seed)
         for i, (img, c) in enumerate(zip(x, y, strict=True)):

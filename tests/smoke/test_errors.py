@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlight.data.sources import CIFAR10_CLASSES
 from tests.conftest import make_images, write_mnist_like
 from tests.smoke.cli import cli_args, cli_env, metrics, run_parallel
 
@@ -39,18 +40,7 @@ def _cifar_archive_with_corrupt_jpeg(path: Path) -> str:
     """A CIFAR-10 image-folder .tar.gz of JPEGs whose first ``cat`` image is cut short; its name."""
     from PIL import Image
 
-    classes = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+    classes = list(CIFAR10_CLASSES)
     bad = None
     with tarfile.open(path, "w:gz") as tar:
         for split, n in (("train", 60), ("test", 20)):
