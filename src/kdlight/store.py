@@ -98,10 +98,15 @@ class TeacherLogitStore:
         num_samples: int,
         num_classes: int,
         dtype: str = "float16",
+        batch_size: int = 256,
     ) -> None:
         if dtype not in _DTYPES:
             raise ConfigError(
                 f"teacher logit store dtype must be one of {sorted(_DTYPES)}, got {dtype!r}."
+            )
+        if int(batch_size) <= 0:
+            raise ConfigError(
+                f"teacher_store.batch_size must be a positive integer, got {batch_size}."
             )
         if num_samples <= 0 or num_classes <= 0:
             raise ConfigError(
@@ -116,6 +121,8 @@ class TeacherLogitStore:
         self.num_samples = int(num_samples)
         self.num_classes = int(num_classes)
         self.dtype = dtype
+        # the default of get(): 128-256 is fastest on CPU, raise it on a GPU
+        self.batch_size = int(batch_size)
         self.path: Path = Path(root) / self.key_hash
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._init_dir()
@@ -203,20 +210,23 @@ class TeacherLogitStore:
         self,
         view: int,
         compute: Callable[[torch.Tensor], torch.Tensor],
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """Return view ``view`` (as :meth:`load`), first computing and storing it if it is not valid on disk.
 
         ``compute(idx)`` gets a CPU LongTensor of consecutive sample indices (``0..N-1`` in
         batches of ``batch_size``) and must return the teacher's (len(idx), num_classes)
-        logits for those samples under this view; the caller chooses device, inference mode
+        logits for those samples under this view (``batch_size`` None: the store's own); the caller chooses device, inference mode
         and augmentation. Exactly one process computes a view: the others block on the
         view's lock file, then load the result. Output that is mis-shaped, NaN/Inf, or beyond
         the store dtype's range raises :class:`KdlightError` and leaves nothing behind.
         """
+        batch_size = self.batch_size if batch_size is None else int(batch_size)
         if batch_size <= 0:
-            raise ConfigError(f"teacher logit batch_size must be > 0, got {batch_size}.")
+            raise ConfigError(
+                f"teacher logit batch_size must be > 0, got {batch_size}; set teacher_store.batch_size to a positive integer."
+            )
         if not self.has(view):
             with self._lock(view):
                 if not self.has(view):  # another process may have finished it while we waited

@@ -243,6 +243,7 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         num_samples=int(idx.numel()),
         num_classes=datamodule.num_classes,
         dtype=store_cfg.get("dtype", "float16"),
+        batch_size=store_cfg.get("batch_size", 256),
     )
 
 

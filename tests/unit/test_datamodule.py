@@ -38,3 +38,22 @@ def test_unlabeled_training_batches_carry_no_labels(tiny_data_dir):
         assert "y" not in batch
     assert "y" in next(iter(dm.val_dataloader()))
     assert "y" in next(iter(dm.test_dataloader()))
+
+
+def test_cifar_channels_last_is_the_default_and_changes_only_the_layout(tiny_data_dir, make_cfg):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("+experiment=cifar_cnn")
+    # faster convolutions on CPU and GPU (conf/data/cifar10.yaml)
+    assert cfg.data.channels_last is True
+    nhwc = instantiate(cfg.data)
+    nchw = instantiate(cfg.data, channels_last=False)
+    for dm in (nhwc, nchw):
+        dm.setup()
+    idx = nhwc.train_idx[:8]
+    a = nhwc.view_batch(idx, view=3)
+    b = nchw.view_batch(idx, view=3)
+    assert a.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert torch.equal(a, b)

@@ -20,7 +20,9 @@ def test_hand_computed_value_two_classes():
     # KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308120...
     s = torch.tensor([[0.0, 0.0]])
     t = torch.tensor([[math.log(3.0), 0.0]])
-    assert soft_kl(s, t, 1.0).item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6)
+    assert soft_kl(s, t, 1.0).item() == pytest.approx(
+        0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6
+    )
     # T = 2: teacher p = [sqrt3, 1] / (sqrt3 + 1); times T^2 = 4 -> 0.1453631...
     assert soft_kl(s, t, 2.0).item() == pytest.approx(0.1453631, rel=1e-5)
 
@@ -39,7 +41,9 @@ def test_t_squared_scaling_and_batchmean():
 def test_legacy_reduction_is_one_over_num_classes():
     torch.manual_seed(1)
     s, t = torch.randn(4, 10), torch.randn(4, 10)
-    assert soft_kl(s, t, 3.0, "legacy").item() == pytest.approx(soft_kl(s, t, 3.0).item() / 10, rel=1e-5)
+    assert soft_kl(s, t, 3.0, "legacy").item() == pytest.approx(
+        soft_kl(s, t, 3.0).item() / 10, rel=1e-5
+    )
 
 
 def test_alpha_weights_the_soft_term():
@@ -48,7 +52,9 @@ def test_alpha_weights_the_soft_term():
     y = torch.randint(0, 10, (6,))
     out = hinton_kd_loss(s, t, y, alpha=0.7, temperature=5.0)
     assert out["loss_ce"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
-    assert out["loss"].item() == pytest.approx(0.7 * out["loss_kd"].item() + 0.3 * out["loss_ce"].item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(
+        0.7 * out["loss_kd"].item() + 0.3 * out["loss_ce"].item(), rel=1e-6
+    )
 
 
 def test_gradient_flows_to_student_only():

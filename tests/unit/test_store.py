@@ -42,6 +42,24 @@ def _store(root: Path, key=KEY, dtype="float16") -> TeacherLogitStore:
     return TeacherLogitStore(root, key, num_samples=N, num_classes=C, dtype=dtype)
 
 
+def test_store_batch_size_is_the_default_of_get(tmp_path):
+    store = TeacherLogitStore(tmp_path, KEY, num_samples=N, num_classes=C, batch_size=40)
+    compute = Counter()
+    store.get(0, compute, progress=False)
+    assert [len(c) for c in compute.calls] == [40, 40, 20]
+
+
+@pytest.mark.parametrize("bad", [0, -8])
+def test_store_rejects_a_non_positive_batch_size(tmp_path, bad):
+    from kdlight.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=f"teacher_store.batch_size must be a positive integer, got {bad}"
+    ):
+        TeacherLogitStore(tmp_path, KEY, num_samples=N, num_classes=C, batch_size=bad)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_compute_once_then_served_from_disk(tmp_path):
     store = _store(tmp_path)
     assert not store.has(0)
