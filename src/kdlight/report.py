@@ -13,11 +13,13 @@ Written into OUT (default: DIR):
   (the units of ``metrics.json``); the std is blank when a configuration has one seed;
 - ``report.md``: the same table in percent (2 decimals, ``mean ± std``), the settings every
   run shares, the figures, and the runs that failed (with their error) or have no final
-  metrics (still running, killed, or crashed before training) in sections of their own;
+  metrics (still running, killed, or crashed before training) in sections of their own, and
+  the teachers the runs distilled from (weights file, test and validation accuracy);
 - ``heatmap_alpha_T*.png``: mean test accuracy (val-best) over alpha x T, when both vary;
   one map per combination of any other hparam that varies (named in the title and file);
 - ``accuracy_vs_T*.png``: test accuracy (val-best) against T, one line per alpha, error
-  bars = std over seeds, when T varies (same grouping); student-alone baselines dashed.
+  bars = std over seeds, when T varies (same grouping); student-alone baselines and the
+  teacher dashed.
 """
 
 from __future__ import annotations
@@ -365,6 +367,22 @@ def render_markdown(report: Report) -> str:
     else:
         lines.append("No run has finished yet.")
     lines.append("")
+    teachers = teachers_of(report.by_status(FINISHED))
+    if teachers:
+        lines += [
+            "## Teachers",
+            "",
+            "The teachers the finished runs distilled from, as each run recorded them.",
+            "",
+            "| teacher | weights | test acc | val acc | runs |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for t in teachers:
+            lines.append(
+                f"| {_md(_fmt(t.name))} | `{_md(t.source)}` | {_pct1(t.test_acc)} "
+                f"| {_pct1(t.val_acc)} | {t.runs} |"
+            )
+        lines.append("")
     if report.figures:
         lines += ["## Figures", ""]
         for fig in report.figures:
@@ -407,6 +425,38 @@ def render_markdown(report: Report) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+@dataclass
+class Teacher:
+    """A teacher as the runs that used it recorded it (``teacher/*`` in metrics.json)."""
+
+    name: Any
+    source: str
+    test_acc: float | None
+    val_acc: float | None
+    runs: int
+
+
+def teachers_of(runs: Sequence[Run]) -> list[Teacher]:
+    """The distinct teachers (by weights file) of ``runs``, in order of first use."""
+    found: dict[str, Teacher] = {}
+    for r in runs:
+        source = r.metrics.get("teacher/source")
+        if source is None:
+            continue
+        t = found.get(str(source))
+        if t is None:
+            found[str(source)] = Teacher(
+                r.hparams.get("teacher"),
+                str(source),
+                _float_or_none(r.metrics.get("teacher/test_acc")),
+                _float_or_none(r.metrics.get("teacher/val_acc")),
+                1,
+            )
+        else:
+            t.runs += 1
+    return list(found.values())
 
 
 def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
@@ -483,6 +533,9 @@ def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
                         f"student alone ({_fmt(b.hparams.get('experiment'))}, lr={_fmt(b.hparams.get('lr'))}) "
                         f"{100 * b.stats['test/acc_best'].mean:.2f}%"
                     ] = 100 * b.stats["test/acc_best"].mean
+            for t in teachers_of([run for r in members for run in r.runs]):
+                if t.test_acc is not None:
+                    refs[f"teacher ({_fmt(t.name)}) {100 * t.test_acc:.2f}%"] = 100 * t.test_acc
             fig = plots.lines_with_errorbars(
                 series,
                 title=f"Test acc of the val-best checkpoint vs temperature{where}; bars: std over seeds",
@@ -553,6 +606,18 @@ def _pct(st: Stat) -> str:
         return "–"
     text = f"{100 * st.mean:.2f}"
     return text + (f" ± {100 * st.std:.2f}" if st.std is not None else "")
+
+
+def _pct1(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
 
 
 def _best_row(rows: Sequence[Row]) -> Row | None:

@@ -245,3 +245,26 @@ def test_cli_says_one_sentence_and_exits_2_without_runs(tmp_path, capsys, make):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert ("does not exist" if make == "missing" else "no runs found") in err
+
+
+def test_teachers_are_listed_once_with_their_accuracy_and_drawn(tmp_path, render):
+    teacher = {"teacher/source": "/store/teachers/abc/teacher.pt", "teacher/test_acc": 0.8706}
+    teacher["teacher/val_acc"] = 0.8808
+    for i, (alpha, t) in enumerate([(0.5, 2.0), (0.5, 5.0), (0.9, 2.0), (0.9, 5.0)]):
+        hp = {**KD, "alpha": alpha, "temperature": t, "seed": 1}
+        write_run(tmp_path / "runs", str(i), hp, {**acc(0.88), **teacher})
+    write_run(tmp_path / "runs", "base", {**BASE, "method": "none", "seed": 1}, acc(0.885))
+    rep = report.build_report(tmp_path / "runs", tmp_path / "out")
+    [t] = report.teachers_of(rep.runs)
+    assert (t.name, t.test_acc, t.val_acc, t.runs) == ("MLP-1200-1200", 0.8706, 0.8808, 4)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Teachers" in text
+    assert "| MLP-1200-1200 | `/store/teachers/abc/teacher.pt` | 87.06 | 88.08 | 4 |" in text
+    assert (tmp_path / "out" / "accuracy_vs_T.png").stat().st_size > 0
+
+
+def test_no_teacher_section_without_distillation_runs(tmp_path):
+    write_run(tmp_path / "runs", "base", {**BASE, "method": "none", "seed": 1}, acc(0.885))
+    rep = report.build_report(tmp_path / "runs", tmp_path / "out")
+    assert report.teachers_of(rep.runs) == []
+    assert "## Teachers" not in (tmp_path / "out" / "report.md").read_text()
