@@ -428,8 +428,10 @@ def case_cifar(o: Options, work: Path) -> dict[str, Any]:
             f"the fixed step count is one epoch over a stratified subset of steps x batch = {idx.numel()} training "
             f"images (data.labeled_fraction={fraction:.6g}); the plain loop trains on the same images",
             "augmentation makes each epoch its own view: the cold run's store fill (store_s) runs the teacher "
-            "once over every image of the subset for epoch 0's view, in inference batches of 1024; the warm run "
-            "repeats the same run with the same store directory, so the view is already there",
+            "once over every image of the subset for epoch 0's view, in inference batches of teacher_store.batch_size "
+            "(default 256); the warm run repeats the same run with the same store directory, so the view is already there",
+            "kdlight's CIFAR-10 batches are channels-last (data.channels_last, default true); the plain loop's are NCHW, "
+            "as torchvision's transforms make them",
             "a warm store is what every run after the first of a sweep over alpha, T or lr sees (case sweep10)",
         ],
     }
