@@ -73,6 +73,16 @@ def _progress(description: str, total: int, enabled: bool) -> Iterator[Callable[
         yield lambda: bar.advance(task)
 
 
+def check_store_options(dtype: Any, batch_size: Any) -> None:
+    """Raise :class:`ConfigError` unless ``dtype`` is a store dtype and ``batch_size`` a positive int."""
+    if dtype not in _DTYPES:
+        raise ConfigError(f"teacher_store.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(
+            f"teacher_store.batch_size must be a positive integer, got {batch_size!r}."
+        )
+
+
 class TeacherLogitStore:
     """Teacher logits for every (view, sample), computed once, kept on disk as memory-mapped float16 (or float32).
 
@@ -100,14 +110,7 @@ class TeacherLogitStore:
         dtype: str = "float16",
         batch_size: int = 256,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ConfigError(
-                f"teacher logit store dtype must be one of {sorted(_DTYPES)}, got {dtype!r}."
-            )
-        if int(batch_size) <= 0:
-            raise ConfigError(
-                f"teacher_store.batch_size must be a positive integer, got {batch_size}."
-            )
+        check_store_options(dtype, batch_size)
         if num_samples <= 0 or num_classes <= 0:
             raise ConfigError(
                 f"teacher logit store needs num_samples > 0 and num_classes > 0, got {num_samples} and {num_classes}."
@@ -121,8 +124,7 @@ class TeacherLogitStore:
         self.num_samples = int(num_samples)
         self.num_classes = int(num_classes)
         self.dtype = dtype
-        # the default of get(): 128-256 is fastest on CPU, raise it on a GPU
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size  # the default of get(): 128-256 is fastest on CPU
         self.path: Path = Path(root) / self.key_hash
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._init_dir()
@@ -217,8 +219,8 @@ class TeacherLogitStore:
 
         ``compute(idx)`` gets a CPU LongTensor of consecutive sample indices (``0..N-1`` in
         batches of ``batch_size``) and must return the teacher's (len(idx), num_classes)
-        logits for those samples under this view (``batch_size`` None: the store's own); the caller chooses device, inference mode
-        and augmentation. Exactly one process computes a view: the others block on the
+        logits for those samples under this view (``batch_size`` None: the store's own); the
+        caller chooses device, inference mode and augmentation. Exactly one process computes a view: the others block on the
         view's lock file, then load the result. Output that is mis-shaped, NaN/Inf, or beyond
         the store dtype's range raises :class:`KdlightError` and leaves nothing behind.
         """

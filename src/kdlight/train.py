@@ -86,6 +86,11 @@ def check_config(cfg: DictConfig) -> None:
             f"data.unlabeled=true with distill.alpha={distill.alpha}: the (1 - alpha) cross-entropy "
             "term needs labels; set distill.alpha=1.0 to learn from the teacher's targets alone."
         )
+    store_cfg = cfg.get("teacher_store")
+    if distill is not None and store_cfg and store_cfg.get("enabled", False):
+        from kdlight.store import check_store_options
+
+        check_store_options(store_cfg.get("dtype", "float16"), store_cfg.get("batch_size", 256))
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if strategy.startswith("ddp") and not any(s in strategy for s in ("spawn", "fork", "notebook")):
         from kdlight.errors import _in_multirun

@@ -114,6 +114,12 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
             {},
             None,
         ),
+        "teacher_store.batch_size 0": (
+            [kd, "teacher_store.batch_size=0"],
+            ["teacher_store.batch_size", "got 0", "positive integer"],
+            {},
+            None,
+        ),
         "teacher checkpoint missing": (
             [kd, f"teacher_ckpt={tmp / 'nope.ckpt'}"],
             ["nope.ckpt"],
@@ -198,6 +204,7 @@ NAMES = [
     "labeled_fraction 0",
     "unlabeled classifier",
     "unlabeled KD alpha < 1",
+    "teacher_store.batch_size 0",
     "teacher checkpoint missing",
     "teacher of another architecture",
     "teacher/student class counts differ",
