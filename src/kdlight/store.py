@@ -220,15 +220,13 @@ class TeacherLogitStore:
         ``compute(idx)`` gets a CPU LongTensor of consecutive sample indices (``0..N-1`` in
         batches of ``batch_size``) and must return the teacher's (len(idx), num_classes)
         logits for those samples under this view (``batch_size`` None: the store's own); the
-        caller chooses device, inference mode and augmentation. Exactly one process computes a view: the others block on the
-        view's lock file, then load the result. Output that is mis-shaped, NaN/Inf, or beyond
+        caller chooses device, inference mode and augmentation. Exactly one process computes a
+        view: the others block on the view's lock file, then load the result. Output that is mis-shaped, NaN/Inf, or beyond
         the store dtype's range raises :class:`KdlightError` and leaves nothing behind.
         """
         batch_size = self.batch_size if batch_size is None else int(batch_size)
         if batch_size <= 0:
-            raise ConfigError(
-                f"teacher logit batch_size must be > 0, got {batch_size}; set teacher_store.batch_size to a positive integer."
-            )
+            raise ConfigError(f"teacher logit batch_size must be > 0, got {batch_size}.")
         if not self.has(view):
             with self._lock(view):
                 if not self.has(view):  # another process may have finished it while we waited

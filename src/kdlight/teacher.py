@@ -99,9 +99,8 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
         meta = _read_valid(path, h)
         if meta is None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
-            if (
-                world > 1
-            ):  # torchrun/SLURM started every rank: none can train alone while the others wait
+            # torchrun/SLURM started every rank: none can train alone while the others wait
+            if world > 1:
                 raise ConfigError(
                     f"the teacher for this run is not in the store {folder} and cannot be trained by "
                     f"one of {world} distributed processes; train it first with a single-process run "
@@ -111,9 +110,8 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
             state, meta = _train(cfg, net, datamodule, folder, key, h)
             atomic_torch_save({"state_dict": state, "kdlight": meta}, path)
             (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
-            shutil.rmtree(
-                folder / "ckpt", ignore_errors=True
-            )  # teacher.pt holds all that is needed
+            # teacher.pt holds all that is needed
+            shutil.rmtree(folder / "ckpt", ignore_errors=True)
         else:
             log.info(
                 "reusing stored teacher %s (val acc %.4f)", path, meta.get("val_acc", float("nan"))

@@ -86,18 +86,17 @@ def check_config(cfg: DictConfig) -> None:
             f"data.unlabeled=true with distill.alpha={distill.alpha}: the (1 - alpha) cross-entropy "
             "term needs labels; set distill.alpha=1.0 to learn from the teacher's targets alone."
         )
-    store_cfg = cfg.get("teacher_store")
-    if distill is not None and store_cfg and store_cfg.get("enabled", False):
+    store_options = _store_options(cfg)
+    if distill is not None and store_options is not None:
         from kdlight.store import check_store_options
 
-        check_store_options(store_cfg.get("dtype", "float16"), store_cfg.get("batch_size", 256))
+        check_store_options(**store_options)
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if strategy.startswith("ddp") and not any(s in strategy for s in ("spawn", "fork", "notebook")):
         from kdlight.errors import _in_multirun
 
-        if (
-            _in_multirun()
-        ):  # Lightning starts each extra rank by re-running sys.argv: the whole sweep
+        # Lightning starts each extra rank by re-running sys.argv: the whole sweep
+        if _in_multirun():
             raise ConfigError(
                 f"trainer.strategy={strategy} cannot run inside a Hydra multirun (each extra process "
                 "would start the whole sweep again); use trainer.strategy=ddp_spawn for sweeps."
@@ -112,10 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hp = hparams_of(cfg)
     started = time.time()
 
-    def write(
-        path: Path, obj: dict[str, Any]
-    ) -> None:  # under DDP every rank runs this; one writes
-        if rank_zero_only.rank == 0:
+    def write(path: Path, obj: dict[str, Any]) -> None:
+        if rank_zero_only.rank == 0:  # under DDP every rank runs this; one writes
             atomic_write_json(path, obj)
 
     write(metrics_path, {"status": "running", "hparams": hp})
@@ -223,9 +220,20 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _teacher_store(cfg: DictConfig, teacher, datamodule):
+def _store_options(cfg: DictConfig) -> dict[str, Any] | None:
+    """``teacher_store``'s dtype and batch_size, or None when the store is off."""
     store_cfg = cfg.get("teacher_store")
     if not store_cfg or not store_cfg.get("enabled", False):
+        return None
+    return {
+        "dtype": store_cfg.get("dtype", "float16"),
+        "batch_size": store_cfg.get("batch_size", 256),
+    }
+
+
+def _teacher_store(cfg: DictConfig, teacher, datamodule):
+    options = _store_options(cfg)
+    if options is None:
         return None
     from kdlight.checkpoints import weights_hash
     from kdlight.data.augment import AUGMENT_VERSION
@@ -247,8 +255,7 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         key,
         num_samples=int(idx.numel()),
         num_classes=datamodule.num_classes,
-        dtype=store_cfg.get("dtype", "float16"),
-        batch_size=store_cfg.get("batch_size", 256),
+        **options,
     )
 
 
