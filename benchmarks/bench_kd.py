@@ -27,7 +27,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "src" / "kdlight" / "conf"
 if (
     str(BENCH_DIR) not in sys.path
 ):  # Hydra instantiates bench_kd.EpochTimer and imports plain_kd_loop

@@ -3,7 +3,7 @@
 PIL images per item with per-sample torchvision transforms in a multi-worker ``DataLoader``,
 the teacher run on every batch under ``torch.no_grad()``, then the student's forward,
 backward and optimizer step. Only the loss math is shared with kdlight
-(:func:`kdlight.losses.hinton_kd_loss`); the networks are kdlight's, so both sides train
+(:func:`kdlight.methods.kd.KD`); the networks are kdlight's, so both sides train
 the very same models.
 """
 
@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from kdlight.data.sources import ImageArrays
-from kdlight.losses import hinton_kd_loss
+from kdlight.methods.kd import soft_kl
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -117,7 +118,9 @@ def train_kd(
             with torch.no_grad():
                 teacher_logits = teacher(x)
             student_logits = student(x)
-            loss = hinton_kd_loss(student_logits, teacher_logits, y, alpha, temperature)["loss"]
+            loss = alpha * soft_kl(student_logits, teacher_logits, temperature) + (
+                1.0 - alpha
+            ) * F.cross_entropy(student_logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

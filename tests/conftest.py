@@ -14,8 +14,8 @@ from omegaconf import DictConfig, open_dict
 from kdlight.data.sources import CIFAR10_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = str(ROOT / "conf")
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+CONF_DIR = str(ROOT / "src" / "kdlight" / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "src" / "kdlight" / "conf" / "experiment").glob("*.yaml"))
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from kdlight.checkpoints import load_weights
 from kdlight.errors import ConfigError, user_errors_exit
-from kdlight.modules.classifier import ClassifierModule
+from kdlight.engine import ClassifierModule
 from kdlight.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)

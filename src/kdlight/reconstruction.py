@@ -22,21 +22,40 @@ inputs, and targets drawn below zero could never be met).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.losses import activation_matching_loss
+from kdlight.hooks import tapped_forward
 
 log = logging.getLogger(__name__)
 
 LOGITS = "logits"
 STATS_VERSION = 1
+
+
+def activation_matching_loss(
+    activations: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Data-free reconstruction loss (Lopes, Fenu & Starner, 2017, "all layers" statistics).
+
+    L = sum over layers l of mean over batch and units of (a_l(x) - t_l)^2
+
+    ``activations[l]`` and ``targets[l]`` are ``(N, d_l)``; each layer weighs the same whatever
+    its width. Each sample's term depends only on that sample, so a batch is N independent
+    problems solved at once.
+    """
+    if set(activations) != set(targets):
+        raise ValueError(
+            f"activation matching: layers {sorted(activations)} and targets {sorted(targets)} differ."
+        )
+    terms = [F.mse_loss(activations[k].float(), targets[k].float()) for k in sorted(targets)]
+    return torch.stack(terms).sum()
 
 
 def default_layers(net: nn.Module) -> list[str]:
@@ -54,43 +73,19 @@ def resolve_layers(net: nn.Module, layers: Sequence[str] | None) -> list[str]:
     if bad:
         shown = ", ".join(n for n in list(known)[1:26])
         raise ConfigError(
-            f"distill.module.layers={list(layers)} names {bad}, which are not modules of "
+            f"distill.layers={list(layers)} names {bad}, which are not modules of "
             f"{type(net).__name__}; valid names (named_modules()) are: {shown}, ... "
             f"(the logits are always recorded, as {LOGITS!r})."
         )
     return [str(n) for n in layers]
 
 
-@contextlib.contextmanager
-def activations(net: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Within the block, each forward of ``net`` stores every named layer's output, flattened to (N, d).
-
-    Outputs are cloned: an ``nn.ReLU(inplace=True)`` right after a ``nn.Linear`` would
-    otherwise overwrite the pre-activation that was captured (and break autograd).
-    """
-    box: dict[str, torch.Tensor] = {}
-    modules = dict(net.named_modules())
-    handles = []
-    for name in layers:
-
-        def hook(module, inputs, output, name=name):
-            box[name] = output.flatten(1).clone()
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        yield box
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def teacher_activations(
     net: nn.Module, layers: Sequence[str], x: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """``{layer: (N, d_l)}`` for every named layer, plus ``"logits"``: the output of ``net(x)``."""
-    with activations(net, layers) as box:
-        logits = net(x)
-    out = {name: box[name] for name in layers}
+    logits, feats = tapped_forward(net, x, list(layers), role="teacher layer")
+    out = {name: feats[name].flatten(1) for name in layers}
     out[LOGITS] = logits.flatten(1)
     return out
 

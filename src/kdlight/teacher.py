@@ -26,8 +26,8 @@ from torch import nn
 
 from kdlight.checkpoints import load_weights
 from kdlight.errors import CheckpointError, ConfigError
-from kdlight.modules.base import check_outputs
-from kdlight.modules.classifier import ClassifierModule
+from kdlight.engine import check_outputs
+from kdlight.engine import ClassifierModule
 from kdlight.utils import atomic_torch_save, file_lock
 
 log = logging.getLogger(__name__)

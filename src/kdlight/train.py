@@ -1,7 +1,7 @@
 """Train a classifier or distill a student: ``python -m kdlight.train +experiment=NAME [overrides]``.
 
 With ``distill: null`` the student is trained alone with cross-entropy (teachers, baselines);
-with ``distill=hinton`` (or another loss) it learns from a frozen teacher, loaded from
+with ``distill=kd`` (or any other method) it learns from a frozen teacher, loaded from
 ``teacher_ckpt`` or trained once into the teacher store. Each run writes its resolved config,
 checkpoints (``last.ckpt`` and the validation-best), TensorBoard events and ``metrics.json``
 (test accuracy of the last and of the validation-best checkpoint) into its own directory.
@@ -22,17 +22,22 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from kdlight.engine import check_outputs
 from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
-from kdlight.modules.base import check_outputs
 from kdlight.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# configs ship inside the package, so an installed wheel finds them from any directory
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The hyper-parameters that tell runs apart, flat (for metrics.json, reports, TensorBoard)."""
+    """The hyper-parameters that tell runs apart, flat (for metrics.json, reports, TensorBoard).
+
+    Every scalar of the ``distill`` node is one (``alpha``, ``beta``, ``temperature``, ...),
+    under its own name unless a general key already has it (``distill.lr``, ``distill.seed``).
+    """
     distill = cfg.get("distill")
     opt = cfg.module.optimizer
     hp: dict[str, Any] = {
@@ -47,20 +52,23 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": opt._target_.rsplit(".", 1)[-1],
         "lr": opt.get("lr"),
         "max_epochs": cfg.trainer.get("max_epochs"),
-        "method": "none" if distill is None else distill._target_.rsplit(".", 1)[-1],
+        "method": "none" if distill is None else method_name(distill._target_),
     }
     if distill is not None:
         hp["teacher"] = _model_name(cfg.teacher)
-        system = distill.get("module")
-        if system is not None:  # e.g. FitNetsModule: the system names the method
-            hp["method"] = system._target_.rsplit(".", 1)[-1]
+        general = set(hp)
         for k, v in distill.items():
             if not k.startswith("_") and isinstance(v, int | float | str | bool):
-                hp[k] = v
-        for k, v in (system or {}).items():  # a name taken (lr, seed, ...) keeps its config path
-            if not k.startswith("_") and isinstance(v, int | float | str | bool):
-                hp[f"distill.module.{k}" if k in hp else k] = v
+                hp[f"distill.{k}" if k in general else k] = v
     return hp
+
+
+def method_name(target: str) -> str:
+    """``kdlight.methods.dkd.DKD`` -> ``dkd`` (the file, as users type it); else the class name."""
+    parts = target.split(".")
+    if len(parts) == 4 and parts[:2] == ["kdlight", "methods"]:
+        return parts[2]
+    return parts[-1]
 
 
 def _model_name(node: DictConfig) -> str:
@@ -81,11 +89,13 @@ def check_config(cfg: DictConfig) -> None:
             "data.unlabeled=true but no distillation is configured; cross-entropy training needs "
             "labels, so add distill=hinton distill.alpha=1.0 or set data.unlabeled=false."
         )
-    if distill is not None and unlabeled and float(distill.get("alpha", 1.0)) != 1.0:
-        raise ConfigError(
-            f"data.unlabeled=true with distill.alpha={distill.alpha}: the (1 - alpha) cross-entropy "
-            "term needs labels; set distill.alpha=1.0 to learn from the teacher's targets alone."
-        )
+    if distill is not None:
+        method = instantiate_method(distill)
+        if unlabeled and method.needs_labels:
+            raise ConfigError(
+                f"data.unlabeled=true with distill={method_name(distill._target_)}, whose loss needs "
+                "labels; set distill.alpha=1.0 (or a method that learns from the teacher alone)."
+            )
     store_options = _store_options(cfg)
     if distill is not None and store_options is not None:
         from kdlight.store import check_store_options
@@ -153,32 +163,28 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         datamodule.val_idx[:2] if datamodule.val_idx.numel() else datamodule.train_idx[:2], None
     )
     if cfg.get("distill") is None:
-        from kdlight.modules.classifier import ClassifierModule
+        from kdlight.engine import ClassifierModule
 
         check_outputs(student, example, num_classes, "student")
         module = ClassifierModule(
             student, num_classes, optimizer, scheduler, compile=module_cfg.get("compile", False)
         )
     else:
-        from kdlight.modules.distill import DistillationModule
+        from kdlight.engine import DistillationModule
         from kdlight.teacher import build_teacher
 
-        # distill.module (optional): a partial of the system around the loss (FitNets, data-free KD)
-        spec = OmegaConf.to_container(cfg.distill, resolve=True)
-        system_cfg = spec.pop("module", None)
-        loss = instantiate(spec)
-        system = instantiate(system_cfg) if system_cfg else DistillationModule
+        method = instantiate_method(cfg.distill)
         teacher, info = build_teacher(cfg, datamodule)
         if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
             student = instantiate(cfg.student)
         check_outputs(student, example, num_classes, "student")
         metrics.update({f"teacher/{k}": v for k, v in info.items()})
-        store = _teacher_store(cfg, teacher, datamodule)
-        module = system(
+        store = _teacher_store(cfg, teacher, datamodule) if method.uses_store else None
+        module = DistillationModule(
             student,
             teacher,
-            loss,
+            method,
             num_classes,
             optimizer,
             scheduler,
@@ -186,8 +192,7 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
             teacher_store=store,
             log_agreement=module_cfg.get("log_agreement", True),
         )
-        if hasattr(module, "fit_datamodule"):  # data-free KD trains on a reconstructed set
-            datamodule = module.fit_datamodule(datamodule)
+        datamodule = module.fit_datamodule(datamodule)  # data-free KD trains on a transfer set
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -218,6 +223,19 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         )
         lg.finalize("success")
     return metrics
+
+
+def instantiate_method(node: DictConfig):
+    """Build the ``distill`` node's method, whose constructor checks its own settings."""
+    from kdlight.methods.base import Method
+
+    method = instantiate(node, _convert_="all")
+    if not isinstance(method, Method):
+        raise ConfigError(
+            f"distill._target_={node._target_} is not a kdlight method (a subclass of "
+            "kdlight.methods.base.Method)."
+        )
+    return method
 
 
 def _store_options(cfg: DictConfig) -> dict[str, Any] | None:

@@ -207,5 +207,5 @@ def test_optuna_study_maximises_the_validation_accuracy(grid_sweep, tiny_data_di
 
 
 def test_sweep_configs_are_documented_with_their_command():
-    for path in (ROOT / "conf" / "hparams_search").glob("*.yaml"):
+    for path in (ROOT / "src" / "kdlight" / "conf" / "hparams_search").glob("*.yaml"):
         assert "python -m kdlight.train" in path.read_text(), path

@@ -1,0 +1,352 @@
+"""The Lightning systems: one engine runs every distillation method; a classifier trains alone.
+
+- :class:`EvalModule`: validation/test loops, the NaN guard and the optimizer wiring.
+- :class:`ClassifierModule`: cross-entropy training of one network (teachers, baselines).
+- :class:`DistillationModule`: a student learning from a frozen teacher through any
+  :class:`kdlight.methods.base.Method`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlight.errors import ConfigError, TrainingDiverged
+from kdlight.hooks import plain, tapped_forward
+from kdlight.methods.base import Context, Method
+
+log = logging.getLogger(__name__)
+
+
+class EvalModule(L.LightningModule):
+    """Validation/test loops, NaN guard and optimizer configuration over ``self.net``.
+
+    ``optimizer`` is a partial (``_partial_: true`` in Hydra) called with the trainable
+    parameters; ``scheduler`` (optional) is a partial called with the optimizer and stepped
+    once per epoch.
+    """
+
+    net: nn.Module
+
+    def __init__(
+        self,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer is None:
+            raise ConfigError("module.optimizer is missing; give a partial optimizer config.")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.compile_net = bool(compile)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        if self.compile_net and stage == "fit":
+            self.net = torch.compile(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop training with a clear message at the first non-finite loss."""
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); lower module.optimizer.lr or check the data (the last "
+                "good checkpoint is kept)."
+            )
+
+    def _eval_step(
+        self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy
+    ) -> torch.Tensor:
+        logits = self.net(batch["x"])
+        y = batch["y"]
+        loss = F.cross_entropy(logits.float(), y)
+        metric(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=False, sync_dist=True, batch_size=y.numel())
+        self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=y.numel())
+        return logits
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test", self.test_acc)  # logits, for test-end callbacks
+
+    def trainable_parameters(self):
+        return self.net.parameters()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(
+            params=[p for p in self.trainable_parameters() if p.requires_grad]
+        )
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def check_outputs(net: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
+    """Raise :class:`ConfigError` unless ``net`` takes ``example``'s shape and predicts ``num_classes``."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(example)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the {role} {type(net).__name__} cannot take this dataset's inputs of shape "
+            f"{tuple(example.shape[1:])}: {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        net.train(was)
+    if out.shape[1] != num_classes:
+        raise ConfigError(
+            f"the {role} {type(net).__name__} predicts {out.shape[1]} classes but the data has "
+            f"{num_classes}; set {role}.num_classes={num_classes}."
+        )
+
+
+class ClassifierModule(EvalModule):
+    """Cross-entropy training of ``net``; logs ``train/loss``, ``train/acc``, ``val/*``, ``test/*``."""
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, optimizer, scheduler=None, compile: bool = False
+    ):
+        super().__init__(num_classes, optimizer, scheduler, compile)
+        self.net = net
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "y" not in batch:
+            raise ConfigError(
+                "cross-entropy training needs labels but data.unlabeled=true; "
+                "train on unlabeled data with distillation (distill=kd distill.alpha=1.0)."
+            )
+        logits = self.net(batch["x"])
+        loss = F.cross_entropy(logits.float(), batch["y"])
+        self.check_finite(loss)
+        self.train_acc(logits, batch["y"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        self.log(
+            "train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=logits.shape[0]
+        )
+        return loss
+
+
+class DistillationModule(EvalModule):
+    """Trains ``student`` from a frozen ``teacher`` through ``method`` (any distillation method).
+
+    The teacher is frozen: always in eval mode (dropout off, BatchNorm statistics fixed), no
+    gradients, not in the optimizer, and left out of checkpoints (it is rebuilt from its own
+    file). Each step runs what ``method.plan(epoch)`` asks for: forward hooks only on the
+    layers it names and only during the step; teacher logits from ``teacher_store`` (computed
+    once per (view, sample) for the exact same inputs) when the method allows it and taps no
+    teacher layer, else online; logits carried by the batch (a data-free transfer set) win.
+    The method's own parameters are in the optimizer and, with its buffers, in checkpoints.
+    Logs ``train/<term>`` for every term the method returns, ``train/acc`` and
+    ``test/agreement`` (top-1 agreement of student and teacher on the test set).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        method: Method,
+        num_classes: int,
+        optimizer,
+        scheduler=None,
+        compile: bool = False,
+        teacher_store=None,
+        log_agreement: bool = True,
+    ) -> None:
+        super().__init__(num_classes, optimizer, scheduler, compile)
+        if not isinstance(method, Method):
+            raise ConfigError(
+                f"distill._target_ builds a {type(method).__name__}, which is not a kdlight method "
+                "(a subclass of kdlight.methods.base.Method)."
+            )
+        self.net = student
+        self.teacher = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.method = method
+        self.teacher_store = teacher_store if method.uses_store else None
+        self.log_agreement = bool(log_agreement)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.num_classes = int(num_classes)
+        self._positions: torch.Tensor | None = None
+        self._built = False
+        self.strict_loading = False  # teacher weights are not stored in our checkpoints
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "method", "optimizer", "scheduler", "teacher_store"]
+        )
+
+    @property
+    def student(self) -> nn.Module:
+        return self.net
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ---- the method's own layers ---------------------------------------------------------
+    @torch.no_grad()
+    def build_method(self, example: torch.Tensor) -> None:
+        """Give the method the tapped features of ``example`` so it can size its own layers."""
+        student = plain(self.net)
+        was = student.training
+        student.eval()
+        try:
+            s_layers, t_layers = self.method.student_layers, self.method.teacher_layers
+            _, s_feats = tapped_forward(student, example, s_layers, True, "student layer")
+            _, t_feats = tapped_forward(self.teacher, example, t_layers, True, "teacher layer")
+        finally:
+            student.train(was)
+        self.method.build(s_feats, t_feats, self.num_classes)
+        self.method.to(example.device)
+        self._built = True
+
+    def setup(self, stage: str) -> None:
+        if not self._built:
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            dm = getattr(dm, "real", dm)  # a transfer-set module wraps the real data
+            if dm is None or not hasattr(dm, "view_batch"):
+                raise RuntimeError(
+                    "DistillationModule needs an example input to build its method: call "
+                    "build_method(example) or fit with a kdlight data module."
+                )
+            idx = dm.train_idx if dm.train_idx.numel() else dm.val_idx
+            self.build_method(dm.view_batch(idx[:2], None))
+        super().setup(stage)
+
+    def fit_datamodule(self, datamodule):
+        """The data module to fit on (the method may swap the training data, e.g. data-free KD)."""
+        return self.method.fit_datamodule(datamodule, self.teacher)
+
+    def trainable_parameters(self):
+        return itertools.chain(self.net.parameters(), self.method.parameters())
+
+    # ---- teacher outputs -----------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits for this batch's exact inputs: from the store, or online."""
+        if self.teacher_store is None or self._positions is None:
+            return self.teacher(batch["x"]).float()
+        pos = self._positions[batch["idx"].cpu()]
+        if bool((pos < 0).any()):
+            raise RuntimeError("a training index is not covered by the teacher store")
+        view = batch.get("view") or 0
+        return self.teacher_store.gather(view, pos).to(batch["x"].device)
+
+    def _store_serves(self, epoch: int) -> bool:
+        plan = self.method.plan(epoch)
+        return self.teacher_store is not None and plan.teacher_logits and not plan.teacher_layers
+
+    def on_train_epoch_start(self) -> None:
+        if not self._store_serves(self.current_epoch):
+            return
+        dm = self.trainer.datamodule
+        if self._positions is None:
+            train_idx = dm.train_idx
+            self._positions = torch.full((dm.arrays.train_y.numel(),), -1, dtype=torch.long)
+            self._positions[train_idx] = torch.arange(train_idx.numel())
+        view = dm.current_view() if dm.augment else 0
+        train_idx = dm.train_idx
+
+        def compute(pos: torch.Tensor) -> torch.Tensor:
+            x = dm.view_batch(train_idx[pos], view if dm.augment else None, device=self.device)
+            with torch.inference_mode():
+                return self.teacher(x).float().cpu()
+
+        self.teacher_store.get(view, compute, progress=self.trainer.is_global_zero)
+
+    # ---- steps ---------------------------------------------------------------------------
+    def context(self, batch: dict[str, Any]) -> Context:
+        """Run what the method's plan asks for on ``batch`` and collect it into a :class:`Context`."""
+        epoch = self.current_epoch
+        plan = self.method.plan(epoch)
+        labels = batch.get("y")
+        if labels is None and self.method.needs_labels:
+            raise ConfigError(
+                f"distill={type(self.method).__name__} needs labels but the training data is "
+                "unlabeled (data.unlabeled=true); use a method or setting that learns from the "
+                "teacher alone (e.g. distill=kd distill.alpha=1.0)."
+            )
+        x = batch["x"]
+        stop = plan.stop_early
+        if plan.student_layers:
+            s_logits, s_feats = tapped_forward(
+                self.net, x, plan.student_layers, stop, "student layer"
+            )
+        else:
+            s_logits, s_feats = self.net(x), {}
+        t_logits, t_feats = None, {}
+        if "teacher_logits" in batch:  # computed with the batch (data-free transfer set)
+            t_logits = batch["teacher_logits"]
+        elif plan.teacher_layers:
+            with torch.no_grad():
+                t_logits, t_feats = tapped_forward(
+                    self.teacher, x, plan.teacher_layers, stop, "teacher layer"
+                )
+            t_logits = None if t_logits is None else t_logits.float()
+        elif plan.teacher_logits:
+            t_logits = self.teacher_logits(batch)
+        trainer = self._trainer
+        return Context(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            labels=labels,
+            idx=batch["idx"],
+            epoch=epoch,
+            step=self.global_step,
+            max_epochs=trainer.max_epochs if trainer is not None else None,
+            student_feats=s_feats,
+            teacher_feats=t_feats,
+            batch=batch,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        ctx = self.context(batch)
+        terms = self.method(ctx)
+        loss = terms["loss"]
+        self.check_finite(loss)
+        n = batch["x"].shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
+        if ctx.labels is not None and ctx.student_logits is not None:
+            self.train_acc(ctx.student_logits, ctx.labels)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self._eval_step(batch, "test", self.test_acc)
+        if self.log_agreement:
+            with torch.no_grad():
+                teacher_pred = self.teacher(batch["x"]).argmax(dim=1)
+            self.agreement(logits, teacher_pred)
+            self.log("test/agreement", self.agreement, batch_size=logits.shape[0])
+        return logits
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]

@@ -1,0 +1,121 @@
+"""The method API: what a distillation method declares and the one context it computes from.
+
+A method is an ``nn.Module`` in its own file ``kdlight/methods/<name>.py`` with a config
+``conf/distill/<name>.yaml`` whose ``_target_`` is the class. The engine
+(:class:`kdlight.engine.DistillationModule`) runs every method the same way:
+
+1. Before training, :meth:`Method.build` is called once with the student's and teacher's
+   tapped features for two example inputs, so the method can size its own layers
+   (regressors, embedding heads); its parameters join the optimizer and its parameters and
+   buffers (memory banks) are saved in checkpoints.
+2. Each training step the engine asks :meth:`Method.plan` what the step needs (layers to tap
+   on each side, whether a forward may stop at the last tapped layer, whether teacher logits
+   are needed), runs the networks with forward hooks on exactly those layers (removed after
+   the step), and calls :meth:`Method.forward` with a :class:`Context`.
+3. The method returns ``{"loss": total, "<term>": value, ...}``; every entry is logged as
+   ``train/<term>``.
+
+A method never subclasses the engine and the engine never names a method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdlight.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one training step needs from the networks.
+
+    ``student_layers`` / ``teacher_layers``: ``named_modules()`` names whose outputs the step
+    reads (``Context.student_feats`` / ``teacher_feats``). ``stop_early``: the forwards may stop
+    right after the last tapped layer (layers above it neither run nor update BatchNorm
+    statistics), so no logits are computed on a side with taps. ``teacher_logits``: the step
+    reads the teacher's logits (from the store when the teacher has no taps).
+    """
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    stop_early: bool = False
+    teacher_logits: bool = True
+
+
+@dataclass
+class Context:
+    """Everything a method may compute its terms from, for one training batch."""
+
+    student_logits: torch.Tensor | None
+    teacher_logits: torch.Tensor | None
+    labels: torch.Tensor | None
+    idx: torch.Tensor
+    epoch: int = 0
+    step: int = 0
+    max_epochs: int | None = None
+    student_feats: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_feats: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of every distillation method; subclasses set the attributes and ``forward``.
+
+    Attributes:
+        needs_labels: the loss reads ``ctx.labels`` (False: it can train on unlabeled data).
+        student_layers / teacher_layers: layers tapped every step (see :meth:`plan`).
+        uses_store: the teacher logits it reads may come from the teacher store (exact for
+            logits; a method whose teacher side runs with taps is served online).
+    """
+
+    needs_labels: bool = True
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    uses_store: bool = True
+
+    def plan(self, epoch: int) -> Plan:
+        """What the step of ``epoch`` needs; the default taps the declared layers every step."""
+        return Plan(tuple(self.student_layers), tuple(self.teacher_layers))
+
+    def build(
+        self,
+        student_feats: dict[str, torch.Tensor],
+        teacher_feats: dict[str, torch.Tensor],
+        num_classes: int,
+    ) -> None:
+        """Create the method's own layers from example features (called once, before training)."""
+
+    def fit_datamodule(self, datamodule, teacher: nn.Module):
+        """The data module to train on; the default is the real one (data-free KD swaps it)."""
+        return datamodule
+
+    def forward(self, ctx: Context) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """Scalar settings that tell runs apart (reports, TensorBoard); default: none."""
+        return {}
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """``float(value)``, or :class:`ConfigError` naming ``distill.<name>`` and the valid range."""
+    v = float(value)
+    bad = (low is not None and (v <= low if low_open else v < low)) or (
+        high is not None and v > high
+    )
+    if bad or v != v:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"distill.{name}={value} is invalid; it must be in {bracket}{lo}, {hi}].")
+    return v
