@@ -1,6 +1,8 @@
-"""The 6n+2 CIFAR ResNet family (ResNet-20/32/44/56/110), post-activation."""
+"""The 6n+2 CIFAR ResNet family (ResNet-8/14/20/32/44/56/110, ResNet-8x4/32x4), post-activation."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,40 +68,60 @@ _BLOCKS = {"basic": (BasicBlock, 6), "bottleneck": (Bottleneck, 9)}
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet of He et al. (2016): 3x3 stem (16 ch), 3 stages of n blocks (16/32/64 ch).
+    """CIFAR ResNet of He et al. (2016): 3x3 stem, 3 stages of n blocks, global pool, fc.
 
-    ``block="basic"``: depth = 6n + 2 (20, 32, 44, 56, 110, ...); ``"bottleneck"``: depth =
-    9n + 2. The shortcut, when the shape changes, is a 1x1 conv -> BN ("option B"). For 10
-    classes: ResNet-20 has 272,474 parameters, ResNet-110 1,730,714.
+    ``block="basic"``: depth = 6n + 2 (8, 14, 20, 32, 44, 56, 110, ...); ``"bottleneck"``:
+    depth = 9n + 2. ``widths`` = (stem, stage 1, stage 2, stage 3) channels: (16, 16, 32, 64)
+    for the standard family, (32, 64, 128, 256) for RepDistiller's "x4" nets (resnet8x4,
+    resnet32x4). The shortcut, when the shape changes, is a 1x1 conv -> BN ("option B").
+    For 10 classes: ResNet-20 has 272,474 parameters, ResNet-110 1,730,714; for 100:
+    ResNet-8x4 1,233,540, ResNet-32x4 7,433,860.
 
     Parameter names (``conv1``, ``bn1``, ``layer1..3.i.{conv,bn}{1,2}``, ``downsample.0/1``,
-    ``fc``) follow bearpaw/pytorch-classification ``models/cifar/resnet.py``. Note: older
-    versions of that file silently switched to bottleneck blocks for depth >= 44; here the
-    block type is always explicit.
+    ``fc``) are those of bearpaw/pytorch-classification ``models/cifar/resnet.py`` and of
+    HobbitLong/RepDistiller ``models/resnet.py`` (also mdistiller's), so checkpoints of both
+    load directly. Note: older versions of bearpaw's file silently switched to bottleneck
+    blocks for depth >= 44; here the block type is always explicit.
     """
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, block: str = "basic") -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        block: str = "basic",
+        widths: Sequence[int] = (16, 16, 32, 64),
+    ) -> None:
         super().__init__()
         if block not in _BLOCKS:
             raise ConfigError(f"ResNet block={block!r} is invalid; use 'basic' or 'bottleneck'.")
         block_cls, per_block = _BLOCKS[block]
         if depth < per_block + 2 or (depth - 2) % per_block != 0:
-            valid = "20, 32, 44, 56, 110" if block == "basic" else "29, 56, 110, 164"
+            valid = "8, 14, 20, 32, 44, 56, 110" if block == "basic" else "29, 56, 110, 164"
             raise ConfigError(
                 f"ResNet depth={depth} is invalid for {block} blocks; it must be "
                 f"{per_block}n+2 (e.g. {valid})."
             )
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 4 or min(widths) < 1:
+            raise ConfigError(
+                f"ResNet widths={list(widths)} is invalid; give 4 positive channel counts "
+                f"(stem, stage 1, 2, 3), e.g. [16, 16, 32, 64]."
+            )
         n = (depth - 2) // per_block
         self.depth = depth
         self.num_classes = num_classes
-        self.inplanes = 16
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        suffix = {(16, 16, 32, 64): "", (32, 64, 128, 256): "x4"}.get(
+            widths, "-w" + "-".join(map(str, widths))
+        )
+        self.arch = f"resnet{depth}{suffix}" + ("" if block == "basic" else "-bottleneck")
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block_cls, 16, n, stride=1)
-        self.layer2 = self._make_layer(block_cls, 32, n, stride=2)
-        self.layer3 = self._make_layer(block_cls, 64, n, stride=2)
-        self.fc = nn.Linear(64 * block_cls.expansion, num_classes)
+        self.layer1 = self._make_layer(block_cls, widths[1], n, stride=1)
+        self.layer2 = self._make_layer(block_cls, widths[2], n, stride=2)
+        self.layer3 = self._make_layer(block_cls, widths[3], n, stride=2)
+        self.fc = nn.Linear(widths[3] * block_cls.expansion, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # Same as the original normal(0, sqrt(2 / (k * k * out_channels))).
@@ -125,6 +147,19 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
+X4_WIDTHS = (32, 64, 128, 256)
+
+
+def resnet8(num_classes: int = 10) -> ResNet:
+    """ResNet-8, basic blocks (83,892 parameters for 100 classes)."""
+    return ResNet(depth=8, num_classes=num_classes)
+
+
+def resnet14(num_classes: int = 10) -> ResNet:
+    """ResNet-14, basic blocks (181,108 parameters for 100 classes)."""
+    return ResNet(depth=14, num_classes=num_classes)
+
+
 def resnet20(num_classes: int = 10) -> ResNet:
     """ResNet-20, basic blocks (272,474 parameters for 10 classes)."""
     return ResNet(depth=20, num_classes=num_classes)
@@ -148,3 +183,13 @@ def resnet56(num_classes: int = 10) -> ResNet:
 def resnet110(num_classes: int = 10) -> ResNet:
     """ResNet-110, basic blocks (1,730,714 parameters for 10 classes)."""
     return ResNet(depth=110, num_classes=num_classes)
+
+
+def resnet8x4(num_classes: int = 10) -> ResNet:
+    """RepDistiller's ResNet-8x4: depth 8, widths 32/64/128/256 (1,233,540 parameters for 100 classes)."""
+    return ResNet(depth=8, num_classes=num_classes, widths=X4_WIDTHS)
+
+
+def resnet32x4(num_classes: int = 10) -> ResNet:
+    """RepDistiller's ResNet-32x4: depth 32, widths 32/64/128/256 (7,433,860 parameters for 100 classes)."""
+    return ResNet(depth=32, num_classes=num_classes, widths=X4_WIDTHS)

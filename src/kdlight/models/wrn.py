@@ -66,10 +66,12 @@ class NetworkBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k: 3x3 stem (16 ch), 3 stages of (depth-4)/6 blocks (16k/32k/64k ch), BN-ReLU, fc.
 
-    WRN-28-10 with dropout 0.3: 36,479,194 parameters for 10 classes. Parameter names
-    (``conv1``, ``block1..3.layer.i.{bn1,conv1,bn2,conv2,convShortcut}``, ``bn1``, ``fc``)
-    follow bearpaw/pytorch-classification ``models/cifar/wrn.py`` (also copied into the KD
-    project's ``model/wrn.py``).
+    WRN-28-10 with dropout 0.3: 36,479,194 parameters for 10 classes; RepDistiller's
+    WRN-16-1/16-2/40-1/40-2 (no dropout): 180,916 / 703,284 / 569,780 / 2,255,156 for 100.
+    Parameter names (``conv1``, ``block1..3.layer.i.{bn1,conv1,bn2,conv2,convShortcut}``,
+    ``bn1``, ``fc``) follow bearpaw/pytorch-classification ``models/cifar/wrn.py`` (also
+    copied into the KD project's ``model/wrn.py`` and HobbitLong/RepDistiller's
+    ``models/wrn.py``), so checkpoints of all three load directly.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class WideResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"WideResNet dropout={dropout} is invalid; it must be in [0, 1).")
         n = (depth - 4) // 6
+        self.arch = f"wrn_{depth}_{widen_factor}"
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
@@ -117,3 +120,23 @@ class WideResNet(nn.Module):
 def wrn_28_10(num_classes: int = 10, dropout: float = 0.3) -> WideResNet:
     """WideResNet-28-10 (36,479,194 parameters for 10 classes)."""
     return WideResNet(depth=28, widen_factor=10, dropout=dropout, num_classes=num_classes)
+
+
+def wrn_16_1(num_classes: int = 10, dropout: float = 0.0) -> WideResNet:
+    """WideResNet-16-1 as in RepDistiller (180,916 parameters for 100 classes)."""
+    return WideResNet(depth=16, widen_factor=1, dropout=dropout, num_classes=num_classes)
+
+
+def wrn_16_2(num_classes: int = 10, dropout: float = 0.0) -> WideResNet:
+    """WideResNet-16-2 as in RepDistiller (703,284 parameters for 100 classes)."""
+    return WideResNet(depth=16, widen_factor=2, dropout=dropout, num_classes=num_classes)
+
+
+def wrn_40_1(num_classes: int = 10, dropout: float = 0.0) -> WideResNet:
+    """WideResNet-40-1 as in RepDistiller (569,780 parameters for 100 classes)."""
+    return WideResNet(depth=40, widen_factor=1, dropout=dropout, num_classes=num_classes)
+
+
+def wrn_40_2(num_classes: int = 10, dropout: float = 0.0) -> WideResNet:
+    """WideResNet-40-2 as in RepDistiller (2,255,156 parameters for 100 classes)."""
+    return WideResNet(depth=40, widen_factor=2, dropout=dropout, num_classes=num_classes)
