@@ -15,7 +15,9 @@ from kdlight.data.sources import CIFAR10_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "src" / "kdlight" / "conf")
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "src" / "kdlight" / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.stem for p in (ROOT / "src" / "kdlight" / "conf" / "experiment").glob("*.yaml")
+)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
@@ -71,13 +73,41 @@ def write_image_folder(root: Path, n_train: int = 200, n_test: int = 60, size: i
     return root
 
 
+def write_cifar100_pickles(
+    folder: Path, n_train: int = 200, n_test: int = 100, protocol: int = 2
+) -> Path:
+    """Write ``train``, ``test``, ``meta`` in CIFAR-100's python pickle format (bytes keys,
+    ``data`` uint8 N x 3072 of R, G, B planes, fine and coarse labels, file names)."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = make_images(n, 32, 3, 100, seed)
+        record = {
+            b"filenames": [f"img_{split}_{i:05d}.png".encode() for i in range(n)],
+            b"batch_label": f"{split}ing batch 1 of 1".encode(),
+            b"fine_labels": [int(c) for c in y],
+            b"coarse_labels": [int(c) // 5 for c in y],
+            b"data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(n, 3072),
+        }
+        (folder / split).write_bytes(pickle.dumps(record, protocol=protocol))
+    meta = {
+        b"fine_label_names": [f"fine_{i:02d}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(20)],
+    }
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """A data_dir holding tiny MNIST, Fashion-MNIST (IDX) and CIFAR-10 (image folder) sets."""
+    """A data_dir holding tiny MNIST, Fashion-MNIST (IDX), CIFAR-10 (image folder) and
+    CIFAR-100 (torchvision's pickles) sets."""
     root = tmp_path_factory.mktemp("data")
     write_mnist_like(root, "fashion_mnist")
     write_mnist_like(root, "mnist")
     write_image_folder(root / "cifar10")
+    write_cifar100_pickles(root / "cifar-100-python")
     return root
 
 

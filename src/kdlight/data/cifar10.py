@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kdlight.data.base import ArrayDataModule
-from kdlight.data.sources import load_cifar10
+from kdlight.data.sources import ImageArrays, load_cifar10
 
-_CACHE: dict[tuple[str, str | None], object] = {}
+_CACHE: dict[tuple[str, str, str | None], ImageArrays] = {}
 
 
 class CIFAR10DataModule(ArrayDataModule):
@@ -13,9 +13,12 @@ class CIFAR10DataModule(ArrayDataModule):
 
     ``archive`` may name an image-folder tree (``train/<class>/*``, ``test/<class>/*``) or a
     ``.tar``/``.tar.gz`` of one; otherwise ``data_dir`` is searched, then torchvision downloads.
+    Subclasses for other CIFAR-format datasets set ``name`` and ``load`` (see
+    :mod:`kdlight.data.cifar100`).
     """
 
     name = "cifar10"
+    load = staticmethod(load_cifar10)
 
     def __init__(
         self,
@@ -27,8 +30,8 @@ class CIFAR10DataModule(ArrayDataModule):
         super().__init__(mean=mean, std=std, **kwargs)
         self.archive = archive
 
-    def load_arrays(self):
-        key = (self.data_dir, self.archive)
+    def load_arrays(self) -> ImageArrays:
+        key = (self.name, self.data_dir, self.archive)
         if key not in _CACHE:
-            _CACHE[key] = load_cifar10(self.data_dir, download=self.download, archive=self.archive)
+            _CACHE[key] = self.load(self.data_dir, download=self.download, archive=self.archive)
         return _CACHE[key]

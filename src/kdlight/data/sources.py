@@ -1,4 +1,5 @@
-"""Raw datasets as in-memory uint8 arrays: image folders / archives (CIFAR-10) and IDX files (MNIST).
+"""Raw datasets as in-memory uint8 arrays: image folders / archives and python pickles (CIFAR-10,
+CIFAR-100) and IDX files (MNIST).
 
 Every loader returns an :class:`ImageArrays`. Image folders are decoded once with PIL and cached
 as an uncompressed ``.npz``; IDX files are small enough to read directly each time.
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import struct
 import sys
 import tarfile
@@ -439,8 +441,38 @@ def _progress_bar(enabled: bool) -> Iterator:
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR-10
+# CIFAR-10 and CIFAR-100
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """What differs between CIFAR-10 and CIFAR-100 where they are looked for and checked.
+
+    ``archive_name``/``folder``: an image-folder archive / tree in ``data_dir``; ``batches``:
+    torchvision's pickle folder (and, for CIFAR-100, ``<batches>.tar.gz``, the original
+    download); ``env``: the variable naming an archive.
+    """
+
+    title: str
+    num_classes: int
+    archive_name: str
+    folder: str
+    batches: str
+    env: str
+
+
+CIFAR10 = CifarSpec(
+    "CIFAR-10", 10, CIFAR10_ARCHIVE_NAME, "cifar10", "cifar-10-batches-py", CIFAR10_ARCHIVE_ENV
+)
+CIFAR100 = CifarSpec(
+    "CIFAR-100",
+    100,
+    "cifar100-jpeg.tar.gz",
+    "cifar100",
+    "cifar-100-python",
+    "KDLIGHT_CIFAR100_ARCHIVE",
+)
 
 
 def load_cifar10(
@@ -459,35 +491,61 @@ def load_cifar10(
     :func:`load_image_folder` (cached). Raises :class:`DataError` listing every place looked
     at when nothing is found.
     """
+    return _load_cifar(
+        CIFAR10, data_dir, download, archive, cache_dir, progress, CIFAR10_FALLBACK_ARCHIVES
+    )
+
+
+def load_cifar100(
+    data_dir: str | os.PathLike,
+    download: bool = True,
+    archive: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+) -> ImageArrays:
+    """Load CIFAR-100 (fine labels) from the first source found; uint8 (N, 3, 32, 32).
+
+    Order: (a) ``archive`` when given: an image-folder tree or archive (``train/<class>/*``,
+    ``test/<class>/*``; the 100 class names sort into the standard label order), a
+    ``cifar-100-python/`` folder or the original ``cifar-100-python.tar.gz``; (b) in
+    ``data_dir``: ``cifar100-jpeg.tar.gz``, ``cifar100/``, ``cifar-100-python/``,
+    ``cifar-100-python.tar.gz``; (c) ``$KDLIGHT_CIFAR100_ARCHIVE``; (d) torchvision's download
+    (URL and checksum of ``torchvision.datasets.CIFAR100``) into ``data_dir`` when
+    ``download``. The pickles are read by :func:`read_cifar_pickles`, which never runs code.
+    """
+    return _load_cifar(CIFAR100, data_dir, download, archive, cache_dir, progress, ())
+
+
+def _load_cifar(
+    spec: CifarSpec, data_dir, download: bool, archive, cache_dir, progress, fallbacks
+) -> ImageArrays:
     data_dir = Path(data_dir).expanduser()
     if archive is not None and str(archive) != "":
         path = Path(archive).expanduser()
         if not path.exists():
             raise DataError(
-                f"data.archive={archive} does not exist; give a CIFAR-10 image-folder archive "
+                f"data.archive={archive} does not exist; give a {spec.title} image-folder archive "
                 f"(.tar.gz of train/<class>/*.jpg, test/<class>/*.jpg) or folder, or leave it "
                 f"unset to use data_dir and torchvision."
             )
-        return _cifar10_from_path(path, cache_dir, progress)
+        return _cifar_from_path(spec, path, cache_dir, progress)
 
     looked: list[str] = []
-    candidates = [
-        data_dir / CIFAR10_ARCHIVE_NAME,
-        data_dir / "cifar10",
-        data_dir / "cifar-10-batches-py",
-    ]
-    if os.environ.get(CIFAR10_ARCHIVE_ENV):
-        candidates.append(Path(os.environ[CIFAR10_ARCHIVE_ENV]).expanduser())
-    candidates += [
-        p for p in CIFAR10_FALLBACK_ARCHIVES if p.resolve() not in {c.resolve() for c in candidates}
-    ]
+    candidates = [data_dir / spec.archive_name, data_dir / spec.folder, data_dir / spec.batches]
+    if spec is CIFAR100:
+        candidates.append(data_dir / f"{spec.batches}.tar.gz")
+    if os.environ.get(spec.env):
+        candidates.append(Path(os.environ[spec.env]).expanduser())
+    candidates += [p for p in fallbacks if p.resolve() not in {c.resolve() for c in candidates}]
     for path in candidates:
         if path.exists():
-            return _cifar10_from_path(path, cache_dir, progress)
+            return _cifar_from_path(spec, path, cache_dir, progress)
         looked.append(str(path))
 
     if download:
         try:
+            if spec is CIFAR100:
+                return _cifar100_download(data_dir)
             return _cifar10_torchvision(data_dir, download=True)
         except Exception as exc:  # noqa: BLE001 - any download failure falls through to our message
             looked.append(
@@ -496,22 +554,27 @@ def load_cifar10(
     else:
         looked.append("torchvision download (skipped: data.download=false)")
     raise DataError(
-        f"CIFAR-10 not found; looked at: {'; '.join(looked)}; provide it with "
+        f"{spec.title} not found; looked at: {'; '.join(looked)}; provide it with "
         f"data.download=true (torchvision, needs the network) or an image-folder archive "
-        f"via data.archive=/path/to/{CIFAR10_ARCHIVE_NAME} (or ${CIFAR10_ARCHIVE_ENV})."
+        f"via data.archive=/path/to/{spec.archive_name} (or ${spec.env})."
     )
 
 
-def _cifar10_from_path(path: Path, cache_dir, progress) -> ImageArrays:
-    """CIFAR-10 from torchvision's batches folder or an image folder / archive, checked for shape."""
-    if path.is_dir() and path.name == "cifar-10-batches-py":
+def _cifar_from_path(spec: CifarSpec, path: Path, cache_dir, progress) -> ImageArrays:
+    """CIFAR from torchvision's pickle folder (or CIFAR-100's original tarball) or an image
+    folder / archive, checked for shape and number of classes."""
+    if path.is_dir() and path.name == CIFAR10.batches and spec is CIFAR10:
         return _cifar10_torchvision(path.parent, download=False)
+    if spec is CIFAR100 and (
+        (path.is_dir() and (path / "meta").is_file()) or path.name.startswith(spec.batches)
+    ):
+        return read_cifar_pickles(path)
     arrays = load_image_folder(path, cache_dir=cache_dir, progress=progress)
     shape = tuple(arrays.train_x.shape[1:])
-    if len(arrays.classes) != 10 or shape != (3, 32, 32):
+    if len(arrays.classes) != spec.num_classes or shape != (3, 32, 32):
         raise DataError(
-            f"{path} is not CIFAR-10: it holds {len(arrays.classes)} classes of "
-            f"{shape[2]}x{shape[1]} images, expected 10 classes of 32x32 RGB images."
+            f"{path} is not {spec.title}: it holds {len(arrays.classes)} classes of "
+            f"{shape[2]}x{shape[1]} images, expected {spec.num_classes} classes of 32x32 RGB images."
         )
     return arrays
 
@@ -543,6 +606,157 @@ def _cifar10_torchvision(root: Path, download: bool) -> ImageArrays:
         classes=list(train.classes),
         source=str(root / "cifar-10-batches-py"),
     )
+
+
+def _cifar100_download(data_dir: Path) -> ImageArrays:
+    """Download ``cifar-100-python.tar.gz`` (torchvision's URL, MD5-checked), then read it safely."""
+    cifar100 = _torchvision_dataset("CIFAR100")
+    _download_archive(cifar100.url, data_dir, cifar100.filename, cifar100.tgz_md5)
+    return read_cifar_pickles(data_dir / CIFAR100.batches)
+
+
+def _download_archive(url: str, root: Path, filename: str, md5: str) -> None:
+    """Download and extract with torchvision's utility (its checksum check included)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    download_and_extract_archive(url, str(root), filename=filename, md5=md5)
+
+
+def _numpy_global(module: str, name: str):
+    """The numpy function ``module.name`` under numpy 1 (``numpy.core``) or 2 (``numpy._core``)."""
+    import importlib
+
+    for candidate in (module.replace("numpy.core", "numpy._core"), module):
+        with contextlib.suppress(ImportError, AttributeError):
+            return getattr(importlib.import_module(candidate), name)
+    raise pickle.UnpicklingError(f"{module}.{name} is not available in this numpy")
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside :class:`_CifarUnpickler`'s allowlist."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR's python pickles that resolves only numpy's array machinery.
+
+    Dicts, lists, strings, bytes and numbers need no global; numpy arrays need the four
+    globals below (and ``_codecs.encode``, which Python 3 writes for bytes in protocol 2).
+    Any other global, which is how a pickle runs code, is refused.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise _RefusedGlobal(f"global {module}.{name} is not allowed")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        if module == "numpy":
+            return getattr(np, name)
+        return _numpy_global(module, name)
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    """A CIFAR pickle as a dict with ``str`` keys, read by :class:`_CifarUnpickler`."""
+    try:
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _RefusedGlobal as exc:
+        raise DataError(
+            f"{where} was refused: it is not a plain CIFAR pickle ({exc}), and loading it "
+            f"could execute code."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or garbled pickles fail in many ways
+        raise DataError(
+            f"{where} is not a readable CIFAR pickle, it may be corrupt or truncated "
+            f"({type(exc).__name__})."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} holds a {type(obj).__name__}, not a CIFAR dict.")
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _pickle_files(source: Path) -> dict[str, tuple[bytes, str]]:
+    """``train``, ``test``, ``meta`` of a ``cifar-100-python`` folder or tarball: name -> (bytes, where)."""
+    wanted = ("train", "test", "meta")
+    found: dict[str, tuple[bytes, str]] = {}
+    if source.is_dir():
+        for name in wanted:
+            if (source / name).is_file():
+                found[name] = ((source / name).read_bytes(), str(source / name))
+    else:
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                for member in tar:
+                    base = member.name.rstrip("/").rsplit("/", 1)[-1]
+                    if member.isfile() and base in wanted and base not in found:
+                        found[base] = (tar.extractfile(member).read(), f"{source}:{member.name}")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"cannot read archive {source} ({exc}); expected the cifar-100-python.tar.gz "
+                f"of the CIFAR-100 download."
+            ) from exc
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise DataError(
+            f"{source} lacks {', '.join(missing)}; a CIFAR-100 pickle folder holds the files "
+            f"train, test and meta (delete it and download again)."
+        )
+    return found
+
+
+def read_cifar_pickles(source: str | os.PathLike) -> ImageArrays:
+    """Read CIFAR-100 in its python pickle format: a ``cifar-100-python/`` folder or its tarball.
+
+    ``train``/``test``: dicts with ``data`` (uint8 N x 3072: the red, green and blue 32x32
+    planes of each image, row-major) and ``fine_labels`` (N ints in 0..99); ``meta``:
+    ``fine_label_names``. Keys may be ``bytes`` (as the original files unpickle with
+    ``encoding="bytes"``) or ``str``. Only numpy's array globals are resolved, so a crafted
+    pickle cannot run code. Raises :class:`DataError` for a missing, refused or malformed file.
+    """
+    source = Path(source)
+    files = _pickle_files(source)
+    meta = _unpickle(*files["meta"])
+    names = meta.get("fine_label_names")
+    if not isinstance(names, list | tuple) or len(names) != CIFAR100.num_classes:
+        raise DataError(
+            f"{files['meta'][1]} has no list of {CIFAR100.num_classes} 'fine_label_names'; "
+            f"it is not CIFAR-100's meta file."
+        )
+    classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+    out = {}
+    for split in ("train", "test"):
+        d = _unpickle(*files[split])
+        where = files[split][1]
+        data, labels = d.get("data"), d.get("fine_labels")
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            shape = getattr(data, "shape", type(data).__name__)
+            raise DataError(
+                f"{where} has 'data' of shape {shape}; CIFAR-100 needs a uint8 N x 3072 array."
+            )
+        y = np.asarray(labels if labels is not None else [], dtype=np.int64)
+        if y.shape != (len(data),):
+            raise DataError(
+                f"{where} holds {len(data)} images but {y.size} 'fine_labels'; they must match."
+            )
+        if y.size and (y.min() < 0 or y.max() >= CIFAR100.num_classes):
+            raise DataError(
+                f"{where} has fine label {int(y.min() if y.min() < 0 else y.max())}; CIFAR-100 "
+                f"labels must be 0..{CIFAR100.num_classes - 1}."
+            )
+        x = np.ascontiguousarray(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
+        out[f"{split}_x"] = torch.from_numpy(x)
+        out[f"{split}_y"] = torch.from_numpy(y)
+    return ImageArrays(**out, classes=classes, source=str(source))
 
 
 # ---------------------------------------------------------------------------------------------
