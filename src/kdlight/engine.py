@@ -282,6 +282,7 @@ class DistillationModule(EvalModule):
     # ---- steps ---------------------------------------------------------------------------
     def context(self, batch: dict[str, Any]) -> Context:
         """Run what the method's plan asks for on ``batch`` and collect it into a :class:`Context`."""
+        self.method.check_batch(batch)
         epoch = self.current_epoch
         plan = self.method.plan(epoch)
         labels = batch.get("y")

@@ -87,7 +87,7 @@ def check_config(cfg: DictConfig) -> None:
     if distill is None and unlabeled:
         raise ConfigError(
             "data.unlabeled=true but no distillation is configured; cross-entropy training needs "
-            "labels, so add distill=hinton distill.alpha=1.0 or set data.unlabeled=false."
+            "labels, so add distill=kd distill.alpha=1.0 or set data.unlabeled=false."
         )
     if distill is not None:
         method = instantiate_method(distill)
@@ -229,7 +229,13 @@ def instantiate_method(node: DictConfig):
     """Build the ``distill`` node's method, whose constructor checks its own settings."""
     from kdlight.methods.base import Method
 
-    method = instantiate(node, _convert_="all")
+    try:
+        method = instantiate(node, _convert_="all")
+    except Exception as exc:  # Hydra wraps the method's own ConfigError: raise that one
+        user = find_user_error(exc)
+        if user is None:
+            raise
+        raise user from None
     if not isinstance(method, Method):
         raise ConfigError(
             f"distill._target_={node._target_} is not a kdlight method (a subclass of "

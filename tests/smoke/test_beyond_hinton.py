@@ -26,13 +26,13 @@ def test_fitnets_hint_stage_then_kd_stage_with_logits_from_the_store(make_cfg, t
     recorder.RECORDS.clear()
     # augment: one view per epoch, so the store's files show which epochs consulted it
     cfg = make_cfg(
-        "+experiment=fmnist_mlp_kd", "distill=fitnets", "distill.module.hint_epochs=1", "data.augment=true",
+        "+experiment=fmnist_mlp_kd", "distill=fitnets", "distill.hint_epochs=1", "data.augment=true",
         "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "teacher_store.enabled=true", *RECORD,
     )  # fmt: skip
     metrics = run(cfg)
     assert metrics["status"] == "finished" and metrics["epochs"] == 2
     assert (
-        metrics["hparams"]["method"] == "FitNetsModule" and metrics["hparams"]["hint_epochs"] == 1
+        metrics["hparams"]["method"] == "fitnets" and metrics["hparams"]["hint_epochs"] == 1
     )
     stage1, stage2 = recorder.RECORDS[:3], recorder.RECORDS[3:]
     assert len(stage2) == 3
@@ -46,14 +46,14 @@ def test_data_free_trains_on_the_transfer_set_only(make_cfg, tmp_path):
     SPLITS.clear()
     recorder.RECORDS.clear()
     cfg = make_cfg(
-        "+experiment=fmnist_mlp_data_free", "distill.module.num_samples=48", "distill.module.batch_size=24",
-        "distill.module.steps=3", "trainer.max_epochs=2", *RECORD,
+        "+experiment=fmnist_mlp_data_free", "distill.num_samples=48", "distill.batch_size=24",
+        "distill.steps=3", "trainer.max_epochs=2", *RECORD,
         "+callbacks.splits._target_=tests.smoke.test_beyond_hinton.SplitRecorder",
     )  # fmt: skip
     metrics = run(cfg)
     assert metrics["status"] == "finished"
-    assert metrics["hparams"]["method"] == "DataFreeModule" and metrics["hparams"]["alpha"] == 1.0
-    assert metrics["hparams"]["distill.module.batch_size"] == 24  # not the data's batch_size
+    assert metrics["hparams"]["method"] == "data_free" and metrics["hparams"]["alpha"] == 1.0
+    assert metrics["hparams"]["distill.batch_size"] == 24  # not the data's batch_size
     assert SPLITS and set(SPLITS) == {"transfer"}
     assert len(SPLITS) == 6  # 48 samples, the tests' batch of 16: 3 per epoch, 2 epochs
     assert all(r["train/loss_ce"] == 0.0 and r["train/loss_kd"] > 0 for r in recorder.RECORDS)

@@ -11,11 +11,11 @@ from torch import nn
 
 from kdlight.data.base import ArrayDataModule
 from kdlight.data.sources import ImageArrays
-from kdlight.datafree import default_layers, reconstruct, record_statistics, sample_targets
+from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
-from kdlight.losses import HintonKD
+from kdlight.methods.data_free import DataFree
 from kdlight.models.mlp import MLP
-from kdlight.modules.datafree import DataFreeModule
+from kdlight.reconstruction import default_layers, reconstruct, record_statistics, sample_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
@@ -136,10 +136,8 @@ class _TinyData(ArrayDataModule):
 def test_the_student_never_sees_real_training_images_or_labels(tmp_path):
     torch.manual_seed(0)
     teacher, student = MLP(16, (32,), num_classes=5).eval(), MLP(16, (8,), num_classes=5)
-    module = DataFreeModule(
-        student, teacher, HintonKD(1.0, 4.0), 5, SGD,
-        store_dir=tmp_path, num_samples=24, batch_size=12, steps=3,
-    )  # fmt: skip
+    method = DataFree(temperature=4.0, store_dir=tmp_path, num_samples=24, batch_size=12, steps=3)
+    module = DistillationModule(student, teacher, method, 5, SGD)
     real = _TinyData()
     data = module.fit_datamodule(real)
     data.build("cpu")
@@ -164,7 +162,8 @@ def test_statistics_and_transfer_set_are_stored_and_reused(tmp_path):
     torch.manual_seed(0)
     teacher = MLP(16, (32,), num_classes=5).eval()
     args = {"store_dir": tmp_path, "num_samples": 12, "batch_size": 12, "steps": 2}
-    first = DataFreeModule(MLP(16, (8,), num_classes=5), teacher, HintonKD(1.0), 5, SGD, **args)
+    method = DataFree(**args)
+    first = DistillationModule(MLP(16, (8,), num_classes=5), teacher, method, 5, SGD)
     data = first.fit_datamodule(_TinyData())
     data.build("cpu")
     assert data.stats_path.is_file() and data.transfer_path.is_file()
@@ -178,6 +177,7 @@ def test_statistics_and_transfer_set_are_stored_and_reused(tmp_path):
 
 def test_alpha_below_one_is_rejected():
     with pytest.raises(ConfigError, match="alpha=0.9"):
-        DataFreeModule(MLP(16, (8,)), MLP(16, (8,)), HintonKD(0.9), 10, SGD)
+        DataFree(alpha=0.9)
+    module = DistillationModule(MLP(16, (8,)), MLP(16, (8,)), DataFree(layers=["nope"]), 10, SGD)
     with pytest.raises(ConfigError, match="nope"):
-        DataFreeModule(MLP(16, (8,)), MLP(16, (8,)), HintonKD(1.0), 10, SGD, layers=["nope"])
+        module.fit_datamodule(_TinyData())

@@ -6,14 +6,16 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
-from kdlight.losses import HintonKD, hint_loss
+from kdlight.hooks import features, taps
+from kdlight.methods.fitnets import FitNets, HintRegressor, hint_loss
 from kdlight.models.cnn import CNN5
 from kdlight.models.mlp import MLP
 from kdlight.models.resnet import ResNet
-from kdlight.modules.fitnets import FitNetsModule, HintRegressor, capture, features
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
 ADAM = functools.partial(torch.optim.Adam, lr=1e-2)
@@ -34,17 +36,15 @@ def _batch(n=2):
 def _fitnets(hint_epochs=2, guided="bn2", hint="layer2", **kw):
     torch.manual_seed(0)
     teacher, student = ResNet(20), CNN5(dropout=0.0)  # no dropout: losses are reproducible
-    module = FitNetsModule(
-        student, teacher, HintonKD(0.9, 4.0), 10, ADAM,
-        hint_layer=hint, guided_layer=guided, hint_epochs=hint_epochs, **kw,
-    )  # fmt: skip
-    module.build_regressor(torch.zeros(2, 3, 32, 32))
+    method = FitNets(0.9, 4.0, hint_layer=hint, guided_layer=guided, hint_epochs=hint_epochs, **kw)
+    module = DistillationModule(student, teacher, method, 10, ADAM)
+    module.build_method(torch.zeros(2, 3, 32, 32))
     module.train()
     return module, teacher, student
 
 
 def _at_epoch(monkeypatch, epoch):
-    monkeypatch.setattr(FitNetsModule, "current_epoch", property(lambda self: epoch))
+    monkeypatch.setattr(DistillationModule, "current_epoch", property(lambda self: epoch))
 
 
 def test_hooks_capture_the_named_layers_shapes():
@@ -62,19 +62,22 @@ def test_capture_without_stop_runs_the_whole_forward_and_keeps_the_layer_output(
         4, (3,)
     ).eval()  # Linear -> ReLU(inplace) -> Linear: the capture must survive the ReLU
     x = torch.tensor([[-5.0, -5.0, -5.0, -5.0]])
-    with capture(net, "layers.1") as box:
+    with taps(net, ["layers.1"]) as box:
         out = net(x)
     assert out.shape == (1, 10)
-    assert torch.equal(box["out"], net.layers[1](x.flatten(1)))
+    assert torch.equal(box["layers.1"], net.layers[1](x.flatten(1)))
 
 
 def test_regressor_is_a_conv_sized_by_a_dummy_forward():
     module, _, _ = _fitnets()
-    conv = module.regressor.proj
+    conv = module.method.regressor.proj
     assert isinstance(conv, nn.Conv2d)
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (64, 32, (1, 1))
     module3, _, _ = _fitnets(regressor_kernel=3)
-    assert module3.regressor.proj.kernel_size == (3, 3) and module3.regressor.proj.padding == (1, 1)
+    assert module3.method.regressor.proj.kernel_size == (
+        3,
+        3,
+    ) and module3.method.regressor.proj.padding == (1, 1)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_regressor_is_in_the_optimizer_and_the_teacher_is_not():
     opt = module.configure_optimizers()
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     expected = {id(p) for p in student.parameters()} | {
-        id(p) for p in module.regressor.parameters()
+        id(p) for p in module.method.regressor.parameters()
     }
     assert in_opt == expected
     assert not in_opt & {id(p) for p in teacher.parameters()}
@@ -119,14 +122,19 @@ def test_stage_switches_at_hint_epochs(monkeypatch):
     b = _batch()
     for epoch, stage1 in ((1, True), (2, False)):
         _at_epoch(monkeypatch, epoch)
-        assert module.in_hint_stage() is stage1
+        assert module.method.in_hint_stage(epoch) is stage1
         loss = module.training_step(b, 0)
         with torch.no_grad():
             if stage1:
                 t = features(teacher, "layer2", b["x"])
-                expected = hint_loss(module.regressor(features(student, "bn2", b["x"])), t)
+                expected = hint_loss(module.method.regressor(features(student, "bn2", b["x"])), t)
             else:
-                expected = HintonKD(0.9, 4.0)(student(b["x"]), teacher(b["x"]), b["y"])["loss"]
+                # stage 2 is Hinton KD: 0.9 * T^2 KL(q_t || q_s) + 0.1 CE, T = 4
+                q_t = F.softmax(teacher(b["x"]) / 4.0, dim=1)
+                s_logits = student(b["x"])
+                q_s = F.softmax(s_logits / 4.0, dim=1)
+                kl = (q_t * (q_t.log() - q_s.log())).sum(dim=1).mean()
+                expected = 0.9 * 16.0 * kl + 0.1 * F.cross_entropy(s_logits, b["y"])
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -146,7 +154,9 @@ def test_stage1_trains_only_the_lower_student_and_the_regressor(monkeypatch):
             assert g is not None and g.abs().sum() > 0, name
         else:
             assert name.split(".")[0] in UPPER and g is None, name
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.regressor.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in module.method.regressor.parameters()
+    )
     assert all(p.grad is None for p in teacher.parameters())
 
 
@@ -155,7 +165,7 @@ def test_stage2_trains_the_whole_student_and_not_the_regressor(monkeypatch):
     _at_epoch(monkeypatch, 2)
     grads = _grads(module, _batch())
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
-    assert all(p.grad is None for p in module.regressor.parameters())
+    assert all(p.grad is None for p in module.method.regressor.parameters())
 
 
 def test_stage1_leaves_the_upper_layers_and_the_teacher_untouched(monkeypatch):
@@ -182,25 +192,17 @@ def test_stage1_leaves_the_upper_layers_and_the_teacher_untouched(monkeypatch):
     assert not torch.equal(lower_before, student.bn2.running_mean)
 
 
+def _build(hint="layer2", guided="bn2", **kw):
+    method = FitNets(hint_layer=hint, guided_layer=guided, **kw)
+    DistillationModule(CNN5(), ResNet(20), method, 10, ADAM).build_method(torch.zeros(2, 3, 32, 32))
+
+
 def test_unknown_layer_names_fail_early_with_the_valid_names():
-    with pytest.raises(ConfigError, match="'layer9'.*layer2"):
-        FitNetsModule(
-            CNN5(), ResNet(20), HintonKD(), 10, ADAM, hint_layer="layer9", guided_layer="bn2"
-        )
-    with pytest.raises(ConfigError, match="'bn9'"):
-        FitNetsModule(
-            CNN5(), ResNet(20), HintonKD(), 10, ADAM, hint_layer="layer2", guided_layer="bn9"
-        )
+    with pytest.raises(ConfigError, match="teacher layer 'layer9'.*layer2"):
+        _build(hint="layer9")
+    with pytest.raises(ConfigError, match="student layer 'bn9'"):
+        _build(guided="bn9")
     with pytest.raises(ConfigError, match="hint_epochs=-1"):
-        FitNetsModule(
-            CNN5(),
-            ResNet(20),
-            HintonKD(),
-            10,
-            ADAM,
-            hint_layer="layer2",
-            guided_layer="bn2",
-            hint_epochs=-1,
-        )
+        FitNets(hint_layer="layer2", guided_layer="bn2", hint_epochs=-1)
     with pytest.raises(ConfigError, match="regressor_kernel=2"):
         HintRegressor((4, 2, 2), (4, 2, 2), kernel_size=2)

@@ -2,10 +2,9 @@ import functools
 
 import torch
 
-from kdlight.losses import HintonKD
+from kdlight.engine import ClassifierModule, DistillationModule
+from kdlight.methods.kd import KD
 from kdlight.models.mlp import MLP
-from kdlight.modules.classifier import ClassifierModule
-from kdlight.modules.distill import DistillationModule
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 
@@ -20,7 +19,7 @@ def _batch(n=8, labels=True):
 def _distiller(alpha=0.5):
     teacher = MLP(784, (32,), dropout=0.5)
     student = MLP(784, (16, 16))
-    return DistillationModule(student, teacher, HintonKD(alpha, 4.0), 10, SGD), teacher, student
+    return DistillationModule(student, teacher, KD(alpha, 4.0), 10, SGD), teacher, student
 
 
 def test_mlp_parameter_counts_match_the_study():

@@ -89,6 +89,9 @@ class Method(nn.Module):
     ) -> None:
         """Create the method's own layers from example features (called once, before training)."""
 
+    def check_batch(self, batch: dict[str, Any]) -> None:
+        """Raise if ``batch`` cannot be trained on; called before any forward (default: accept)."""
+
     def fit_datamodule(self, datamodule, teacher: nn.Module):
         """The data module to train on; the default is the real one (data-free KD swaps it)."""
         return datamodule

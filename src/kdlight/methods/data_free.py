@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 
 from kdlight.data.base import _Indices
 from kdlight.errors import ConfigError
-from kdlight.methods.base import Context
 from kdlight.methods.kd import KD
 from kdlight.reconstruction import STATS_VERSION, reconstruct, record_statistics, resolve_layers
 from kdlight.utils import atomic_torch_save, atomic_write_text, file_lock
@@ -90,13 +89,12 @@ class DataFree(KD):
         """The transfer set for training, ``datamodule`` for validation and test."""
         return TransferSetDataModule(datamodule, teacher, **self.transfer_args)
 
-    def forward(self, ctx: Context) -> dict[str, torch.Tensor]:
-        if ctx.batch.get("split") != "transfer" or ctx.labels is not None:
+    def check_batch(self, batch: dict[str, Any]) -> None:
+        if batch.get("split") != "transfer" or "y" in batch:
             raise RuntimeError(
                 "data-free distillation received a real training batch; fit on the engine's "
                 "fit_datamodule(datamodule), whose training data is the transfer set."
             )
-        return super().forward(ctx)  # alpha = 1: the KD term alone
 
 
 class TransferSetDataModule(L.LightningDataModule):

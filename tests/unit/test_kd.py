@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from kdlight.errors import ConfigError
-from kdlight.losses import HintonKD, hinton_kd_loss, soft_kl
+from kdlight.methods.base import Context
+from kdlight.methods.kd import KD, soft_kl
+
+
+def hinton_kd_loss(s, t, y, alpha, temperature, **kwargs):
+    ctx = Context(student_logits=s, teacher_logits=t, labels=y, idx=torch.arange(s.shape[0]))
+    return KD(alpha, temperature, **kwargs)(ctx)
 
 
 def test_kd_term_is_zero_when_student_equals_teacher():
@@ -77,11 +83,35 @@ def test_gradient_flows_to_student_only():
 )
 def test_invalid_parameters_are_refused(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
-        HintonKD(**kwargs)
+        KD(**kwargs)
 
 
-def test_unlabeled_needs_alpha_one():
-    with pytest.raises(ConfigError, match="alpha=0.9"):
-        hinton_kd_loss(torch.randn(2, 3), torch.randn(2, 3), None, alpha=0.9, temperature=2.0)
-    assert HintonKD(alpha=1.0).needs_labels is False
-    assert HintonKD(alpha=0.5).needs_labels is True
+def test_only_alpha_one_trains_without_labels():
+    assert KD(alpha=1.0).needs_labels is False
+    assert KD(alpha=0.5).needs_labels is True
+    out = hinton_kd_loss(torch.randn(2, 3), torch.randn(2, 3), None, alpha=1.0, temperature=2.0)
+    assert out["loss"].item() == out["loss_kd"].item()
+
+
+def test_logit_standardization_is_kd_on_z_scored_logits():
+    # Sun et al. (2024), eq. 6: z' = (z - mean(z)) / std(z) (unbiased std, as their code), then KD
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 6) * 3 + 1, torch.randn(4, 6) * 0.5 - 2
+    y = torch.randint(0, 6, (4,))
+
+    def zscore(z):
+        n = z.shape[1]
+        mean = z.sum(dim=1, keepdim=True) / n
+        std = (((z - mean) ** 2).sum(dim=1, keepdim=True) / (n - 1)).sqrt()
+        return (z - mean) / std
+
+    temp = 2.0
+    q_t = F.softmax(zscore(t) / temp, dim=1)
+    q_s = F.softmax(zscore(s) / temp, dim=1)
+    kd = temp**2 * (q_t * (q_t.log() - q_s.log())).sum(dim=1).mean()
+    out = hinton_kd_loss(s, t, y, 0.9, temp, logit_standardization=True)
+    assert out["loss_kd"].item() == pytest.approx(kd.item(), rel=1e-5)
+    assert out["loss_ce"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    # invariant to each logit vector's shift and scale, unlike plain KD
+    moved = hinton_kd_loss(s * 4 + 7, t * 0.1 - 3, y, 0.9, temp, logit_standardization=True)
+    assert moved["loss_kd"].item() == pytest.approx(kd.item(), rel=1e-4)

@@ -1,0 +1,61 @@
+"""Every ``distill=`` choice end to end on tiny CPU data: it runs, and the store changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdlight.train import run
+from tests.conftest import CONF_DIR
+from tests.smoke import recorder
+
+#: settings a method needs on top of the KD experiment (its transfer set has no labels)
+EXTRA = {"data_free": ("distill.alpha=1.0",)}
+METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "distill").glob("*.yaml"))
+RECORD = [
+    "+callbacks.recorder._target_=tests.smoke.recorder.LossRecorder",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs(method, make_cfg):
+    metrics = run(
+        make_cfg(
+            "+experiment=fmnist_mlp_kd",
+            f"distill={method}",
+            *EXTRA.get(method, ()),
+            "+trainer.fast_dev_run=true",
+        )
+    )
+    assert metrics["status"] == "finished"
+    assert metrics["hparams"]["method"] == ("kd" if method == "hinton" else method)
+    assert 0.0 <= metrics["test/acc_last"] <= 1.0
+
+
+def _losses(make_cfg, *overrides, store_dir):
+    recorder.RECORDS.clear()
+    run(
+        make_cfg(
+            *overrides, *RECORD, "+trainer.max_steps=4", "trainer.max_epochs=4", store_dir=store_dir
+        )
+    )
+    return [{k: v for k, v in r.items() if k != "train/acc"} for r in recorder.RECORDS]
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("hinton", "data_free")])
+def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_path):
+    store = tmp_path / "shared-store"
+    common = (
+        "+experiment=fmnist_mlp_kd",
+        f"distill={method}",
+        "seed=3",
+        "teacher_store.dtype=float32",
+    )
+    online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
+    served = _losses(make_cfg, *common, "teacher_store.enabled=true", store_dir=store)
+    assert len(online) == len(served) == 4
+    for a, b in zip(online, served, strict=True):
+        assert a.keys() == b.keys() and "train/loss" in a
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
