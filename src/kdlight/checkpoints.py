@@ -9,6 +9,9 @@ whose unpickling would run code is refused, never executed. Recognised formats:
   = ``{'epoch', 'state_dict', 'acc', 'best_acc', 'optimizer'}``, keys prefixed ``module.``;
 - ``lightning``: a kdlight Lightning checkpoint; the network is ``student.*`` if present, else
   ``net.*`` (ClassifierModule, DistillationModule); ``teacher.*`` and other keys are ignored;
+- ``repdistiller``: HobbitLong/RepDistiller's and megvii-research/mdistiller's
+  ``ckpt_epoch_240.pth`` / ``<model>_best.pth`` = ``{'epoch', 'model', 'accuracy' or 'best_acc',
+  'optimizer'}`` (e.g. ``save/models/resnet32x4_vanilla/ckpt_epoch_240.pth``);
 - ``kdlight-store``: a teacher-store file ``{'state_dict': <net state dict>, 'kdlight': {meta}}``;
 - ``state_dict``: a bare state dict (or ``{'state_dict': ...}`` with nothing else we know).
 
@@ -109,13 +112,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
                 f"checkpoint but {list(ours)} in the model)"
             )
         raise CheckpointError(
-            f"checkpoint {path} does not fit {type(model).__name__}: {', '.join(problems)}."
+            f"checkpoint {path} does not fit {type(model).__name__}: {', '.join(problems)}"
+            f"{_arch(model)}."
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # defensive: the checks above should catch every mismatch
         raise CheckpointError(
-            f"checkpoint {path} does not fit {type(model).__name__}: {_first_line(exc)}."
+            f"checkpoint {path} does not fit {type(model).__name__}: {_first_line(exc)}"
+            f"{_arch(model)}."
         ) from exc
     return meta
 
@@ -142,7 +147,10 @@ def _extract(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             "not a mapping of parameter names to tensors."
         )
     inner = obj.get("state_dict")
-    if isinstance(inner, Mapping):
+    if not isinstance(inner, Mapping) and isinstance(obj.get("model"), Mapping):
+        meta = {"format": "repdistiller", **_pick(obj, "epoch", "accuracy", "best_acc")}
+        state = dict(obj["model"])
+    elif isinstance(inner, Mapping):
         meta: dict[str, Any]
         if "pytorch-lightning_version" in obj:
             meta = {"format": "lightning"}
@@ -202,6 +210,12 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
                 break
         else:
             return state, stripped
+
+
+def _arch(model: nn.Module) -> str:
+    """``"; the model is the <arch> architecture"`` for a zoo model that names itself (``arch``)."""
+    arch = getattr(model, "arch", None)
+    return f"; the model is the {arch} architecture" if isinstance(arch, str) and arch else ""
 
 
 def _pick(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
