@@ -15,10 +15,11 @@ Written into OUT (default: DIR):
   run shares, the figures, and the runs that failed (with their error) or have no final
   metrics (still running, killed, or crashed before training) in sections of their own, and
   the teachers the runs distilled from (weights file, test and validation accuracy);
-- ``heatmap_alpha_T*.png``: mean test accuracy (val-best) over alpha x T, when both vary;
-  one map per combination of any other hparam that varies (named in the title and file);
-- ``accuracy_vs_T*.png``: test accuracy (val-best) against T, one line per alpha, error
-  bars = std over seeds, when T varies (same grouping); student-alone baselines and the
+- ``heatmap_<Y>_<X>*.png``: mean test accuracy (val-best) over the two swept hparams (alpha x
+  T for a Hinton sweep, alpha x beta for DKD; ``--axes Y,X`` to choose), when both vary; one
+  map per combination of any other hparam that varies (named in the title and file);
+- ``accuracy_vs_<X>*.png``: test accuracy (val-best) against X, one line per Y value, error
+  bars = std over seeds, when X varies (same grouping); student-alone baselines and the
   teacher dashed.
 """
 
@@ -262,7 +263,11 @@ def sort_rows(rows: list[Row], columns: Sequence[str]) -> list[Row]:
     )
 
 
-def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Report:
+def build_report(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    axes: Sequence[str] | None = None,
+) -> Report:
     """Find the runs under ``root``, write ``results.csv``, ``report.md`` and the figures into ``out``.
 
     Raises :class:`~kdlight.errors.KdlightError` when ``root`` does not exist or holds no run.
@@ -291,7 +296,7 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         for k in order_keys(shared)
         if all(_same(r.hparams.get(k), shared[k]) for r in rows)
     }
-    figures = write_figures(rows, out)
+    figures = write_figures(rows, out, axes)
     report = Report(root, out, runs, rows, columns, shared, figures)
     write_csv(report, out / "results.csv")
     (out / "report.md").write_text(render_markdown(report))
@@ -388,10 +393,10 @@ def render_markdown(report: Report) -> str:
         for fig in report.figures:
             rel = os.path.relpath(fig, report.out)
             lines += [f"![{fig.stem}]({rel})", ""]
-    elif any("alpha" in r.hparams and "temperature" in r.hparams for r in report.rows):
+    elif choose_axes(report.rows)[0]:
         lines += [
-            f"No alpha x T figures: they need a grid (T varying, at most {MAX_GRID} values of alpha "
-            "and of T), e.g. hparams_search=alpha_t_grid; results.csv has every configuration.",
+            f"No figures: they need a grid of swept hyper-parameters (at most {MAX_GRID} values "
+            "per axis), e.g. hparams_search=alpha_t_grid; results.csv has every configuration.",
             "",
         ]
     # runs that died before metrics.json only know experiment and seed: leave them out here
@@ -459,24 +464,81 @@ def teachers_of(runs: Sequence[Run]) -> list[Teacher]:
     return list(found.values())
 
 
-def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
-    """The alpha x T heat maps and accuracy-vs-T plots (see the module docstring); their paths."""
+#: Keys every run has (:func:`kdlight.train.hparams_of`); a method's own settings come first as axes.
+GENERAL_KEYS = frozenset(
+    ("experiment", "seed", "data", "labeled_fraction", "unlabeled", "augment", "batch_size",
+     "student", "optimizer", "lr", "max_epochs", "method", "teacher")
+)  # fmt: skip
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def choose_axes(rows: Sequence[Row], axes: Sequence[str] | None = None) -> tuple[str, str | None]:
+    """The swept hyper-parameters to plot: ``(x, y)`` (``y`` None when only one varies).
+
+    Default: among the numeric hparams that vary across the distillation rows, the method's own
+    settings before general ones (lr, batch size, ...): y the first, x ``temperature`` when it
+    varies, else the second (alpha x T, alpha x beta).
+    ``axes`` = ``(y, x)`` names them explicitly (``--axes alpha,beta``).
+    """
+    kd = [r for r in rows if r.hparams.get("method") != "none"]
+    if axes:
+        for k in axes:
+            if not any(k in r.hparams for r in kd):
+                known = sorted({k for r in kd for k in r.hparams})
+                raise KdlightError(
+                    f"--axes names {k!r}, which no distillation run has; valid names: {', '.join(known)}."
+                )
+        return (axes[-1], axes[0] if len(axes) > 1 else None)
+    numeric = [
+        k
+        for k in varying_keys([r.hparams for r in kd], ignore=("seed",))
+        if all(_is_number(r.hparams.get(k)) for r in kd if k in r.hparams)
+    ]
+    numeric.sort(key=lambda k: k in GENERAL_KEYS)  # stable: column order within each class
+    if not numeric:
+        return ("", None)
+    own = [k for k in numeric if k not in GENERAL_KEYS] or numeric
+    x = "temperature" if "temperature" in numeric else own[min(1, len(own) - 1)]
+    others = [k for k in numeric if k != x]
+    return (x, others[0] if others else None)
+
+
+def _label(key: str) -> str:
+    return SHORT.get(key, key)
+
+
+def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = None) -> list[Path]:
+    """Heat maps (y x x) and accuracy-vs-x plots for the two swept hparams; their paths.
+
+    The axes come from :func:`choose_axes` (alpha x T for a Hinton sweep, alpha x beta for
+    DKD, ...); one figure per combination of any other hparam that varies.
+    """
     from kdlight import plots
 
+    x_key, y_key = choose_axes(rows, axes)
+    if not x_key:
+        return []
     kd = [
         r
         for r in rows
-        if "alpha" in r.hparams
-        and "temperature" in r.hparams
+        if x_key in r.hparams
+        and (y_key is None or y_key in r.hparams)
         and r.stats["test/acc_best"].mean is not None
     ]
     if not kd:
         return []
-    alphas = sorted({float(r.hparams["alpha"]) for r in kd})
-    temps = sorted({float(r.hparams["temperature"]) for r in kd})
-    if len(alphas) > MAX_GRID or len(temps) > MAX_GRID:  # e.g. optuna: values are not on a grid
+
+    def yval(r: Row) -> float:
+        return float(r.hparams[y_key]) if y_key is not None else 0.0  # one series
+
+    xs = sorted({float(r.hparams[x_key]) for r in kd})
+    ys = sorted({yval(r) for r in kd})
+    if len(xs) > MAX_GRID or len(ys) > MAX_GRID:  # e.g. optuna: values are not on a grid
         return []
-    others = [k for k in varying_keys([r.hparams for r in kd]) if k not in ("alpha", "temperature")]
+    others = [k for k in varying_keys([r.hparams for r in kd]) if k not in (x_key, y_key)]
     groups: dict[tuple, list[Row]] = {}
     for r in kd:
         groups.setdefault(tuple(_hashable(r.hparams.get(k)) for k in others), []).append(r)
@@ -485,39 +547,43 @@ def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
         for r in rows
         if r.hparams.get("method") == "none" and r.stats["test/acc_best"].mean is not None
     ]
+    xl, yl = _label(x_key), _label(y_key) if y_key else ""
     written: list[Path] = []
     for members in groups.values():
         desc = ", ".join(f"{k}={_fmt(members[0].hparams.get(k))}" for k in others)
         suffix = ("__" + _slug(desc)) if desc else ""
         where = f" ({desc})" if desc else ""
-        cell = {(float(r.hparams["alpha"]), float(r.hparams["temperature"])): r for r in members}
-        a_vals = sorted({a for a, _ in cell})
-        t_vals = sorted({t for _, t in cell})
-        if len(alphas) > 1 and len(temps) > 1:
+        cell = {(yval(r), float(r.hparams[x_key])): r for r in members}
+        y_vals = sorted({a for a, _ in cell})
+        x_vals = sorted({t for _, t in cell})
+        at = cell.get
+
+        if y_key is not None and len(ys) > 1 and len(xs) > 1:
             grid = [
                 [
-                    100 * cell[(a, t)].stats["test/acc_best"].mean if (a, t) in cell else math.nan
-                    for t in t_vals
+                    100 * at((a, t)).stats["test/acc_best"].mean if at((a, t)) else math.nan
+                    for t in x_vals
                 ]
-                for a in a_vals
+                for a in y_vals
             ]
             fig = plots.heatmap(
                 grid,
-                [f"{a:g}" for a in a_vals],
-                [f"{t:g}" for t in t_vals],
+                [f"{a:g}" for a in y_vals],
+                [f"{t:g}" for t in x_vals],
                 title=f"Mean test acc (%) of the val-best checkpoint{where}",
-                xlabel="temperature T",
-                ylabel="alpha (weight of the soft term)",
+                xlabel="temperature T" if x_key == "temperature" else x_key,
+                ylabel="alpha (weight of the soft term)" if y_key == "alpha" else y_key,
                 cbar_label="test acc (%)",
             )
-            written.append(plots.save(fig, out / f"heatmap_alpha_T{suffix}.png"))
-        if len(temps) > 1:
+            written.append(plots.save(fig, out / f"heatmap_{yl}_{xl}{suffix}.png"))
+        if len(xs) > 1:
             series = {}
-            for a in a_vals:
+            for a in y_vals:
                 pts = sorted(
-                    (t, cell[(a, t)].stats["test/acc_best"]) for t in t_vals if (a, t) in cell
+                    (t, at((a, t)).stats["test/acc_best"]) for t in x_vals if at((a, t)) is not None
                 )
-                series[f"alpha={a:g}"] = (
+                name = f"{y_key}={a:g}" if y_key else _fmt(members[0].hparams.get("method"))
+                series[name] = (
                     [t for t, _ in pts],
                     [100 * s.mean for _, s in pts],
                     [100 * (s.std or 0.0) for _, s in pts],
@@ -538,13 +604,13 @@ def write_figures(rows: Sequence[Row], out: Path) -> list[Path]:
                     refs[f"teacher ({_fmt(t.name)}) {100 * t.test_acc:.2f}%"] = 100 * t.test_acc
             fig = plots.lines_with_errorbars(
                 series,
-                title=f"Test acc of the val-best checkpoint vs temperature{where}; bars: std over seeds",
-                xlabel="temperature T",
+                title=f"Test acc of the val-best checkpoint vs {x_key}{where}; bars: std over seeds",
+                xlabel="temperature T" if x_key == "temperature" else x_key,
                 ylabel="test acc (%)",
-                logx=min(t_vals) > 0,
+                logx=min(x_vals) > 0 and x_key == "temperature",
                 hlines=refs,
             )
-            written.append(plots.save(fig, out / f"accuracy_vs_T{suffix}.png"))
+            written.append(plots.save(fig, out / f"accuracy_vs_{xl}{suffix}.png"))
     return written
 
 
@@ -661,6 +727,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write the report (default: DIR)"
     )
+    parser.add_argument(
+        "--axes",
+        default=None,
+        help="the swept hparams to plot, Y,X (e.g. alpha,beta); default: the method's swept ones",
+    )
     return parser.parse_args(argv)
 
 
@@ -668,7 +739,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``kdlight-report DIR [--out OUT]``; returns 0, exits 2 with one sentence on a user error."""
     args = parse_args(argv)
-    report = build_report(args.dir, args.out)
+    axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
+    report = build_report(args.dir, args.out, axes)
     statuses = {s: len(report.by_status(s)) for s in (FINISHED, FAILED)}
     print(
         f"{len(report.runs)} runs ({statuses[FINISHED]} finished, {statuses[FAILED]} failed), "

@@ -17,7 +17,7 @@ BASE = {
     "student": "MLP-800-800",
     "lr": 0.01,
 }
-KD = {**BASE, "method": "HintonKD", "teacher": "MLP-1200-1200", "reduction": "batchmean"}
+KD = {**BASE, "method": "kd", "teacher": "MLP-1200-1200", "reduction": "batchmean"}
 
 
 def write_run(
@@ -183,12 +183,45 @@ def test_one_heat_map_per_value_of_another_varying_hparam(tmp_path):
     assert rep.columns == ["lr", "alpha", "temperature"]
 
 
-def test_no_figures_without_a_grid(tmp_path):
+def test_one_swept_hparam_gives_a_curve_and_no_heat_map(tmp_path):
     write_run(tmp_path, "0", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.8))
     write_run(tmp_path, "1", {**KD, "alpha": 0.9, "temperature": 2, "seed": 0}, acc(0.9))
     rep = report.build_report(tmp_path)
-    assert rep.figures == [] and len(rep.rows) == 2
-    assert "No alpha x T figures" in (tmp_path / "report.md").read_text()
+    assert [p.name for p in rep.figures] == ["accuracy_vs_alpha.png"] and len(rep.rows) == 2
+
+
+def test_no_figures_without_a_grid(tmp_path):
+    for i in range(MAX := report.MAX_GRID + 1):  # optuna-like: every run its own values
+        hp = {**KD, "alpha": 0.3 + 0.01 * i, "temperature": 2 + i, "seed": 0}
+        write_run(tmp_path, str(i), hp, acc(0.8))
+    rep = report.build_report(tmp_path)
+    assert rep.figures == [] and len(rep.rows) == MAX
+    assert "No figures" in (tmp_path / "report.md").read_text()
+
+
+def test_figures_for_any_two_swept_method_hparams(tmp_path):
+    # a DKD sweep: alpha x beta vary (T fixed), lr varies too but is a general key: it groups
+    dkd = {**BASE, "method": "dkd", "teacher": "MLP-1200-1200", "temperature": 4.0}
+    i = 0
+    for lr in (0.01, 0.1):
+        for alpha in (0.5, 1.0):
+            for beta in (2.0, 8.0):
+                hp = {**dkd, "lr": lr, "alpha": alpha, "beta": beta, "seed": 0}
+                write_run(tmp_path, str(i), hp, acc(0.5 + alpha / 10 + beta / 100))
+                i += 1
+    rep = report.build_report(tmp_path)
+    assert report.choose_axes(rep.rows) == ("beta", "alpha")
+    assert sorted(p.name for p in rep.figures) == [
+        "accuracy_vs_beta__lr=0.01.png",
+        "accuracy_vs_beta__lr=0.1.png",
+        "heatmap_alpha_beta__lr=0.01.png",
+        "heatmap_alpha_beta__lr=0.1.png",
+    ]
+    # --axes chooses them explicitly (Y,X)
+    rep = report.build_report(tmp_path, tmp_path / "out", axes=["beta", "alpha"])
+    assert "heatmap_beta_alpha__lr=0.01.png" in {p.name for p in rep.figures}
+    with pytest.raises(report.KdlightError, match="'gamma'"):
+        report.build_report(tmp_path, tmp_path / "out2", axes=["gamma", "alpha"])
 
 
 def test_runs_are_found_at_any_depth_and_sorted_naturally(tmp_path):
