@@ -13,12 +13,12 @@ EXPERIMENT ?= fmnist_mlp_kd
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install kdlight with its dev, sweep and export extras
+install: $(STAMP) ## create .venv and install kdlight with its dev, sweep, export and loggers extras
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sweep,export]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export,loggers]'
 	touch $(STAMP)
 
 data: ## get Fashion-MNIST (Debian's dataset-fashion-mnist when root; else torchvision downloads it)
