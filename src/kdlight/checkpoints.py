@@ -23,8 +23,10 @@ missing/unexpected keys and the first shape mismatch.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,21 +50,50 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     ``path``; where the file records them also ``epoch``, ``best_acc``, ``acc``,
     ``global_step``, ``prefix`` (what was stripped) and, for the teacher store, its own keys.
     """
+    obj = load_checkpoint_file(path)
+    state, meta = _extract(obj, path)
+    state, wrappers = _strip_wrappers(state)
+    if wrappers:
+        meta["prefix"] = (meta.get("prefix") or "") + wrappers
+    meta["path"] = str(path)
+    return state, meta
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, bounded, with one-sentence errors.
+
+    Before anything is allocated, the tensor storages the file declares are checked against
+    the bytes it holds (:func:`declared_storage_problem`): a small file cannot make the loader
+    allocate a huge tensor. A pickle that names anything outside torch's weights-only
+    allowlist is refused (the blocked global is named), never run.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist.")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"checkpoint {path} is {what}; name a checkpoint file.")
     with open(path, "rb") as fh:
         magic = fh.read(2)
     # torch.save writes a zip archive ("PK"), or before PyTorch 1.6 a protocol-2 pickle (0x80).
     if magic[:2] != b"PK" and magic[:1] != b"\x80":
         what = "it is empty" if not magic else "it is neither a zip archive nor a pickle"
         raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint file: {what}.")
+    problem = declared_storage_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} was refused before loading: {problem}.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        blocked, detail = _refusal_detail(exc)
+        if blocked:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it is not a weights-only file, its pickle names "
+                f"{blocked}, and loading it could execute code."
+            ) from exc
         raise CheckpointError(
-            f"checkpoint {path} was refused: it is not a weights-only file and loading it "
-            f"would execute code ({_refusal_detail(exc)})."
+            f"checkpoint {path} is not a readable PyTorch file, it may be corrupt or truncated "
+            f"({detail})."
         ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
         detail = _first_line(exc)
@@ -70,12 +101,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"checkpoint {path} is not a readable PyTorch file, it may be corrupt or truncated "
             f"({type(exc).__name__}{': ' + detail if detail else ''})."
         ) from exc
-    state, meta = _extract(obj, path)
-    state, wrappers = _strip_wrappers(state)
-    if wrappers:
-        meta["prefix"] = (meta.get("prefix") or "") + wrappers
-    meta["path"] = str(path)
-    return state, meta
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -137,6 +162,16 @@ def weights_hash(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def nonfinite_weights(model: nn.Module | Mapping[str, torch.Tensor]) -> str | None:
+    """``"N of M tensors, first: <name>"`` when floating weights hold NaN/Inf, else None."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    floats = {k: v for k, v in state.items() if torch.is_floating_point(v)}
+    bad = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    if not bad:
+        return None
+    return f"{len(bad)} of {len(floats)} tensors, first: {bad[0]}"
 
 
 def _extract(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -243,11 +278,111 @@ def _first_line(exc: BaseException) -> str:
     return text[0].strip().split(". ")[0].rstrip(".") if text else ""
 
 
-def _refusal_detail(exc: BaseException) -> str:
-    """The line of torch's weights-only error that names what was blocked (e.g. a global)."""
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line and not line.startswith(boilerplate):
-            return line.rstrip(".")
-    return "a global or opcode outside torch's weights-only allowlist"
+def _refusal_detail(exc: BaseException) -> tuple[str | None, str]:
+    """(the global torch's weights-only unpickler blocked, or None; its reason in a few words).
+
+    Only the unpickler's own reason is kept: torch's advice around it (which suggests
+    ``weights_only=False``) is never repeated to the user.
+    """
+    text = str(exc)
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue", "(")
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1]
+    else:
+        reason = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith(advice))
+    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+    reason = lines[0] if lines else "a global or opcode outside torch's weights-only allowlist"
+    found = re.search(r"GLOBAL ([\w.]+)", reason) or re.search(
+        r"(?:function|class|global) '?([\w.]+\.[\w]+)", reason
+    )
+    if found:
+        return found.group(1), reason
+    if reason.startswith("Unsupported operand") or not lines:
+        return None, reason.split(". ")[0].rstrip(".")
+    return "something outside the allowlist (" + reason.split(". ")[0].rstrip(".") + ")", reason
+
+
+#: Element sizes of the storage classes a checkpoint's pickle names (``torch.FloatStorage``, ...).
+def _element_size(storage_type: Any) -> int:
+    dtype = getattr(storage_type, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    return 8  # unknown: the largest, so the bound stays an upper one
+
+
+def declared_storage_problem(path: str | os.PathLike) -> str | None:
+    """Why the tensor storages a checkpoint declares cannot be in it, or None when they can.
+
+    The pickle is walked by torch's weights-only unpickler with every storage replaced by a
+    "meta" one (no memory), collecting each storage's declared size; a zip checkpoint must
+    hold a record of at least that size per storage, a legacy (pre-1.6) file that many bytes
+    in all. Anything the walk cannot follow is left to ``torch.load`` itself.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        from torch._weights_only_unpickler import Unpickler
+    except ImportError:  # pragma: no cover - private API; torch.load still checks zip records
+        return None
+    declared: dict[str, int] = {}
+
+    def persistent_load(saved_id):
+        if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
+            raise pickle.UnpicklingError("unknown persistent id")
+        storage_type, key, _location, numel = saved_id[1:5]
+        nbytes = int(numel) * _element_size(storage_type)
+        declared[str(key)] = max(declared.get(str(key), 0), nbytes)
+        dtype = getattr(storage_type, "dtype", torch.uint8)
+        return torch.storage.TypedStorage(
+            wrap_storage=torch.UntypedStorage(nbytes, device="meta"), dtype=dtype, _internal=True
+        )
+
+    def walk(fh) -> None:
+        unpickler = Unpickler(fh, encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        unpickler.load()
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if pkl is None:
+                    return None
+                prefix = pkl[: -len("data.pkl")]
+                with zf.open(pkl) as fh:
+                    walk(io.BytesIO(fh.read()))
+                sizes = {n: zf.getinfo(n).file_size for n in names}
+            for key, nbytes in declared.items():
+                have = sizes.get(f"{prefix}data/{key}", 0)
+                if nbytes > have:
+                    return (
+                        f"it declares a tensor storage of {_size(nbytes)} but holds {_size(have)} "
+                        "for it (a corrupt or crafted file)"
+                    )
+            return None
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            for _ in range(3):  # magic number, protocol version, system info: skipped unrun
+                for _op in pickletools.genops(fh):
+                    pass
+            walk(fh)
+        total = sum(declared.values())
+        if total > size:
+            return (
+                f"it declares {_size(total)} of tensor storage in a file of {_size(size)} "
+                "(a corrupt or crafted file)"
+            )
+    except Exception:  # noqa: BLE001 - anything unusual: torch.load reports it in its own words
+        return None
+    return None
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes} bytes"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from kdlight.errors import ConfigError, DataError, KdlightError
+from kdlight.io import atomic_write_text, file_lock, fsync_dir, key_hash
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _FORMAT = 1
@@ -32,31 +32,6 @@ def _checksum(path: Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return "blake2b:" + digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames inside ``path`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temp file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -120,7 +95,7 @@ class TeacherLogitStore:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"teacher logit store key must be JSON-serialisable: {exc}.") from exc
         self.key: dict = json.loads(canonical)
-        self.key_hash: str = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        self.key_hash: str = key_hash(self.key)
         self.num_samples = int(num_samples)
         self.num_classes = int(num_classes)
         self.dtype = dtype
@@ -145,7 +120,7 @@ class TeacherLogitStore:
                         "(a hash collision); use another store root."
                     )
                 return
-        _write_atomic(key_file, json.dumps(self.key, sort_keys=True, indent=2) + "\n")
+        atomic_write_text(key_file, json.dumps(self.key, sort_keys=True, indent=2) + "\n")
 
     def _files(self, view: int) -> tuple[Path, Path]:
         if not isinstance(view, int) or isinstance(view, bool) or view < 0:
@@ -256,15 +231,9 @@ class TeacherLogitStore:
         state["_cache"] = OrderedDict()
         return state
 
-    @contextlib.contextmanager
-    def _lock(self, view: int) -> Iterator[None]:
+    def _lock(self, view: int) -> contextlib.AbstractContextManager[None]:
         """Hold an exclusive ``flock`` on ``view_<v>.lock`` (released when the process dies, too)."""
-        with open(self.path / f"view_{view}.lock", "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.path / f"view_{view}.lock")
 
     def _compute_and_write(
         self,
@@ -303,8 +272,8 @@ class TeacherLogitStore:
             with contextlib.suppress(FileNotFoundError):
                 meta_file.unlink()
             os.replace(tmp, data)
-            _write_atomic(meta_file, json.dumps(meta, indent=2) + "\n")
-            _fsync_dir(self.path)
+            atomic_write_text(meta_file, json.dumps(meta, indent=2) + "\n")
+            fsync_dir(self.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

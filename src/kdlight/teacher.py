@@ -8,7 +8,7 @@ appears atomically, so concurrent sweep jobs train it once and never read half a
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -21,14 +21,13 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from kdlight.checkpoints import load_weights
+from kdlight.checkpoints import load_checkpoint_file, load_weights, nonfinite_weights
+from kdlight.engine import ClassifierModule, check_outputs
 from kdlight.errors import CheckpointError, ConfigError
-from kdlight.engine import check_outputs
-from kdlight.engine import ClassifierModule
-from kdlight.utils import atomic_torch_save, file_lock
+from kdlight.io import atomic_torch_save, atomic_write_text, file_lock, key_hash
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +62,39 @@ def teacher_key(cfg: DictConfig, datamodule) -> dict[str, Any]:
     }
 
 
-def key_hash(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def build_teacher(cfg: DictConfig, datamodule) -> tuple[nn.Module, dict[str, Any]]:
     """Return the frozen teacher network and a dict describing where it came from."""
+    from kdlight.ensemble import build_ensemble, ckpt_list
+
+    if ckpt_list(cfg) is not None:  # teacher_ckpt=[a,b,...]: the members' averaged soft targets
+        return build_ensemble(cfg, datamodule, build_teacher)
+    if isinstance(cfg.get("teacher_ckpt"), ListConfig | list):  # a list of one file
+        cfg = cfg.copy()
+        cfg.teacher_ckpt = cfg.teacher_ckpt[0]
     net = instantiate(cfg.teacher)
     example = datamodule.view_batch(datamodule.train_idx[:2], None)
     check_outputs(net, example, datamodule.num_classes, "teacher")  # before any (long) training
     ckpt = cfg.get("teacher_ckpt")
     if ckpt:
         path = Path(to_absolute_path(str(ckpt)))
-        if not path.is_file():
+        if not path.exists():
             raise CheckpointError(
                 f"teacher checkpoint {path} does not exist; set teacher_ckpt to an existing file or null to train the teacher."
+            )
+        if path.is_dir():
+            raise CheckpointError(
+                f"teacher checkpoint {path} is a folder, not a file; set teacher_ckpt to the checkpoint file inside it."
             )
         load_weights(net, path)
         info: dict[str, Any] = {"source": str(path)}
     else:
         info = train_or_reuse(cfg, net, datamodule)
+    bad = nonfinite_weights(net)
+    if bad:
+        raise CheckpointError(
+            f"the teacher's weights from {info['source']} hold NaN or Inf values ({bad}); "
+            "it cannot teach, so retrain it or name another teacher_ckpt."
+        )
     net.eval().requires_grad_(False)
     return net, info
 
@@ -95,8 +107,10 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
     h = key_hash(key)
     folder = Path(to_absolute_path(cfg.paths.store_dir)) / "teachers" / h
     path = folder / "teacher.pt"
-    with file_lock(folder / "train.lock"):
-        meta = _read_valid(path, h)
+    # teacher.pt appears atomically: a valid one is complete, and a read-only store serves it
+    meta = _read_valid(path, h)
+    with file_lock(folder / "train.lock") if meta is None else contextlib.nullcontext():
+        meta = meta or _read_valid(path, h)
         if meta is None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             # torchrun/SLURM started every rank: none can train alone while the others wait
@@ -109,7 +123,9 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
             log.info("training teacher %s into the store %s", cfg.teacher._target_, folder)
             state, meta = _train(cfg, net, datamodule, folder, key, h)
             atomic_torch_save({"state_dict": state, "kdlight": meta}, path)
-            (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            atomic_write_text(
+                folder / "key.json", json.dumps(key, indent=2, sort_keys=True, default=str)
+            )
             # teacher.pt holds all that is needed
             shutil.rmtree(folder / "ckpt", ignore_errors=True)
         else:
@@ -124,7 +140,7 @@ def _read_valid(path: Path, h: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_checkpoint_file(path)
         meta = blob["kdlight"]
         return meta if meta.get("key_hash") == h else None
     except Exception:  # an unreadable store entry is retrained, never trusted
