@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdlight import runs
 from kdlight.errors import CheckpointError, KdlightError, user_errors_exit
 
 TEMPERATURES: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -215,26 +216,14 @@ class LoadedRun:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` if it is a file; for a run folder its validation-best checkpoint, else ``last.ckpt``."""
+    """``path`` if it is a file; for a run folder its validation-best checkpoint, else ``last.ckpt``
+    (resolved inside the run folder by :mod:`kdlight.runs`)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    if not path.exists():
         raise CheckpointError(
             f"checkpoint {path} does not exist; give a .ckpt file or a run folder."
         )
-    metrics = _read_json(path / "metrics.json")
-    best = metrics.get("best_checkpoint")
-    if best and Path(best).is_file():
-        return Path(best)
-    found = sorted((path / "checkpoints").glob("best-*.ckpt")) or sorted(
-        (path / "checkpoints").glob("last.ckpt")
-    )
-    if not found:
-        raise CheckpointError(
-            f"run folder {path} has no checkpoints/best-*.ckpt or checkpoints/last.ckpt."
-        )
-    return found[-1]
+    return runs.find_run(path)[1]
 
 
 def load_run(
@@ -248,52 +237,50 @@ def load_run(
     ``data_dir`` replaces the run's ``data.data_dir``; ``overrides`` are ``key=value`` dot-list
     settings applied to the run's config (e.g. ``data.eval_batch_size=256``). Relative paths in
     the config resolve against the directory the run was started from (``.hydra/hydra.yaml``).
+    The folder is opened by :mod:`kdlight.runs`: only allowed networks and data modules are
+    built from its config, and checkpoints are read weights-only from inside it.
     """
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
 
     from kdlight.checkpoints import load_weights
 
-    ckpt = resolve_checkpoint(checkpoint)
-    run_dir = ckpt.resolve().parent.parent
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise KdlightError(
-            f"no run config at {config}; the checkpoint must sit in <run>/checkpoints/ of a run written by kdlight.train."
+    if not Path(checkpoint).exists():
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not exist; give a .ckpt file or a run folder."
         )
-    cfg = OmegaConf.load(config)
+    run, ckpt = runs.open_run(checkpoint)
+    cfg = run.cfg
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    cwd = Path(
-        OmegaConf.select(
-            _read_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd", default=None
-        )
-        or "."
-    )
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as exc:  # noqa: BLE001 - a malformed --set: one sentence
+            raise KdlightError(
+                f"--set {' '.join(overrides)} cannot be applied to the run's config ({exc})."
+            ) from None
+        run.cfg = cfg
+    cwd = run.cwd or Path(".")
     with open_dict(cfg):
         root = data_dir if data_dir is not None else cfg.data.get("data_dir", "data")
         cfg.data.data_dir = str(_absolute(root, cwd))
-    datamodule = instantiate(cfg.data)
+    datamodule = run.build_data()
     datamodule.prepare_data()
     datamodule.setup("test")
-    net = instantiate(cfg.student)
+    net = run.build("student")
     meta = load_weights(net, ckpt)
     net.eval()
     teacher, source = None, None
     if with_teacher and cfg.get("distill") is not None:
-        source = cfg.get("teacher_ckpt") or _read_json(run_dir / "metrics.json").get(
-            "teacher/source"
-        )
-        if source:
-            source = str(_absolute(source, cwd))
+        sources = run.teacher_sources()
+        if sources:
+            source = str(sources[0][1])
             if not Path(source).is_file():
                 raise CheckpointError(
                     f"the run's teacher checkpoint {source} does not exist; analyse without it (--no-teacher)."
                 )
-            teacher = instantiate(cfg.teacher)
+            teacher = run.build("teacher")
             load_weights(teacher, source)
             teacher.eval()
-    return LoadedRun(run_dir, ckpt, cfg, datamodule, net, teacher, source, meta)
+    return LoadedRun(run.dir, ckpt, cfg, datamodule, net, teacher, source, meta)
 
 
 @torch.inference_mode()
@@ -670,23 +657,6 @@ def _run_info(run: LoadedRun) -> dict[str, Any]:
 def _absolute(path: str | os.PathLike, cwd: Path) -> Path:
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else (cwd / p).resolve()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_yaml(path: Path):
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.load(path) if path.is_file() else OmegaConf.create()
-    except Exception:  # noqa: BLE001 - hydra.yaml only helps resolve relative paths
-        return OmegaConf.create()
 
 
 def _write_rows(path: Path, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> None:

@@ -1,8 +1,12 @@
-"""Test accuracy of a checkpoint: ``python -m kdlight.eval +experiment=NAME +weights=PATH``.
+"""Test accuracy of a checkpoint: ``python -m kdlight.eval +experiment=NAME +weights=PATH``,
+or of a finished run: ``python -m kdlight.eval +run=<run dir> [+which=last]``.
 
 ``weights`` is any file :func:`kdlight.checkpoints.load_weights` reads (kdlight, the original KD
 project, bearpaw); it is loaded into the experiment's ``student`` model (``+eval_teacher=true``:
 into its ``teacher`` model) and evaluated on the data module's test set (and validation split).
+With ``+run``, the network and the data come from the run's saved config, opened by
+:mod:`kdlight.runs` (only allowed networks are built; checkpoints are read weights-only from
+inside the run folder), and the weights default to its validation-best checkpoint.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import logging
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from kdlight.checkpoints import load_weights
-from kdlight.errors import ConfigError, user_errors_exit
 from kdlight.engine import ClassifierModule
+from kdlight.errors import ConfigError, user_errors_exit
+from kdlight.runs import DATA_TARGETS, NETWORK_TARGETS, open_run, safe_instantiate
 from kdlight.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -25,12 +30,22 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Load ``cfg.weights`` into the configured network and return ``{"val/acc", "test/acc"}``."""
-    if not cfg.get("weights"):
-        raise ConfigError("no weights given; add +weights=PATH naming the checkpoint to evaluate.")
-    datamodule = instantiate(cfg.data)
+    role = "teacher" if cfg.get("eval_teacher") else "student"
+    if cfg.get("run"):
+        run, ckpt = open_run(to_absolute_path(str(cfg.run)), str(cfg.get("which", "best")))
+        weights = to_absolute_path(str(cfg.weights)) if cfg.get("weights") else ckpt
+        datamodule = run.build_data()
+        net = run.build(role)
+    else:
+        if not cfg.get("weights"):
+            raise ConfigError(
+                "no weights given; add +weights=PATH naming the checkpoint to evaluate, or +run=DIR."
+            )
+        weights = to_absolute_path(str(cfg.weights))
+        datamodule = safe_instantiate(cfg.data, DATA_TARGETS, where="data")
+        net = safe_instantiate(cfg[role], NETWORK_TARGETS, where=role)
     datamodule.setup("test")
-    net = instantiate(cfg.teacher if cfg.get("eval_teacher") else cfg.student)
-    load_weights(net, to_absolute_path(str(cfg.weights)))
+    load_weights(net, weights)
     module = ClassifierModule(net, datamodule.num_classes, optimizer=lambda params: None)
     trainer = L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
@@ -47,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
         ),
     }
-    print(json.dumps({"weights": str(cfg.weights), **out}))
+    print(json.dumps({"weights": str(weights), **out}))
     return out
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -51,10 +50,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from kdlight import runs
 from kdlight.checkpoints import load_weights
 from kdlight.errors import CheckpointError, ConfigError, KdlightError, user_errors_exit
+from kdlight.io import atomic_write_json, atomic_write_text
 from kdlight.train import CONFIG_DIR
-from kdlight.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("kdlight.export")  # also under python -m
 
@@ -182,33 +182,11 @@ def build_named(
 def find_run(path: str | os.PathLike, which: str = "best") -> tuple[Path | None, Path]:
     """Resolve a run directory, its ``checkpoints/`` folder or a ``.ckpt`` file to (run dir or None, checkpoint).
 
-    In a folder the validation-best ``best*.ckpt`` is picked (the newest if several), or
-    ``last.ckpt`` with ``which="last"`` or when there is no best one. The run directory is the
-    folder holding ``.hydra/config.yaml`` (None for a checkpoint outside a run).
+    See :func:`kdlight.runs.find_run`: the validation-best checkpoint of a folder (``which="last"``:
+    ``last.ckpt``), resolved inside the run folder; None for a checkpoint outside a run.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint or run directory {path} does not exist.")
-    if path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return (run if _is_run(run) else None), path
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    last = folder / "last.ckpt"
-    if which == "last" and not last.is_file():
-        raise CheckpointError(f"{folder} has no last.ckpt; use --which best or name a .ckpt file.")
-    ckpt = last if which == "last" or not best else best[-1]
-    if not ckpt.is_file():
-        raise CheckpointError(
-            f"{folder} holds no checkpoint (best*.ckpt or last.ckpt); name a run directory of "
-            "python -m kdlight.train or a checkpoint file."
-        )
-    run = folder.parent if folder.name == "checkpoints" else folder
-    return (run if _is_run(run) else None), ckpt
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / ".hydra" / "config.yaml").is_file()
+    run, ckpt = runs.find_run(path, which)
+    return (run.dir if run is not None else None), ckpt
 
 
 def plan_from_run(
@@ -219,61 +197,47 @@ def plan_from_run(
     input_shape: tuple[int, ...] | None = None,
     with_teacher: bool = True,
 ) -> Plan:
-    """Build the student of a kdlight run from its resolved config and ``ckpt``, and its teacher if it had one."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    if "student" not in cfg:
-        raise ConfigError(
-            f"{run_dir / '.hydra' / 'config.yaml'} has no 'student' model; is it a kdlight run?"
-        )
+    """Build the student of a kdlight run from its resolved config and ``ckpt``, and its teacher if it had one.
+
+    The run folder is opened by :mod:`kdlight.runs`: only allowed networks are built from its
+    config, and every checkpoint is read weights-only.
+    """
+    run = runs.read_run(run_dir)
+    cfg = run.cfg
     shape = input_shape or data_input_shape(cfg.get("data"))
     if shape is None:
         raise ConfigError(
             f"cannot tell the input shape of data {cfg.data.get('_target_')!r}; pass --input-shape, "
             "e.g. --input-shape 3,32,32."
         )
-    net = instantiate(cfg.student)
+    net = run.build("student")
     meta = load_weights(net, ckpt)
     source = {"weights": str(ckpt.resolve()), "format": meta.get("format")}
     source.update({k: meta[k] for k in ("epoch", "global_step") if k in meta})
     student = Network("student", display_name(cfg.student), net.eval(), source)
-    metrics = _read_metrics(run_dir)
-    plan = Plan(student, None, shape, out or run_dir / "export", run_dir=run_dir)
+    metrics = run.metrics
+    plan = Plan(student, None, shape, out or run.dir / "export", run_dir=run.dir)
     best = metrics.get("best_checkpoint")
     if ckpt.name == "last.ckpt" and "test/acc_last" in metrics:
         plan.accuracy["student"] = float(metrics["test/acc_last"])
     elif best and Path(best).name == ckpt.name and "test/acc_best" in metrics:
         plan.accuracy["student"] = float(metrics["test/acc_best"])
-    if with_teacher and cfg.get("distill") is not None and cfg.get("teacher") is not None:
-        plan.teacher = _run_teacher(cfg, run_dir, metrics, plan.notes)
+    if with_teacher and run.is_distillation:
+        plan.teacher = _run_teacher(run, plan.notes)
         if plan.teacher is not None and "teacher/test_acc" in metrics:
             plan.accuracy["teacher"] = float(metrics["teacher/test_acc"])
     return plan
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        log.warning("ignoring unreadable %s", path)
-        return {}
-
-
-def _run_teacher(
-    cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], notes: list[str]
-) -> Network | None:
+def _run_teacher(run: runs.Run, notes: list[str]) -> Network | None:
     """The run's teacher from ``teacher_ckpt`` or ``metrics.json``'s ``teacher/source``; None (with a note) if absent."""
-    candidates = []
-    if cfg.get("teacher_ckpt"):
-        candidates.append(("teacher_ckpt", _resolve_from_run(str(cfg.teacher_ckpt), run_dir)))
-    if metrics.get("teacher/source"):
-        candidates.append(("metrics.json teacher/source", Path(metrics["teacher/source"])))
+    candidates = run.teacher_sources()
     for origin, path in candidates:
         if path.is_file():
-            net = instantiate(cfg.teacher)
+            net = run.build("teacher")
             meta = load_weights(net, path)
             source = {"weights": str(path.resolve()), "format": meta.get("format"), "from": origin}
-            return Network("teacher", display_name(cfg.teacher), net.eval(), source)
+            return Network("teacher", display_name(run.cfg.teacher), net.eval(), source)
     what = (
         ", ".join(f"{o} = {p}" for o, p in candidates)
         or "no teacher_ckpt and no teacher/source in metrics.json"
@@ -286,15 +250,12 @@ def _run_teacher(
 
 def _resolve_from_run(path: str, run_dir: Path) -> Path:
     """A relative ``teacher_ckpt`` is relative to the directory the run was launched from."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_yaml.is_file():
-        cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd", default=None)
-        if cwd and (Path(str(cwd)) / p).is_file():
-            return Path(str(cwd)) / p
-    return p.resolve()
+    run = runs.Run(dir=Path(run_dir), cfg=OmegaConf.create())
+    cwd = OmegaConf.select(
+        runs._read_yaml(Path(run_dir) / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd", default=None
+    )
+    run.cwd = Path(str(cwd)) if cwd else None
+    return run.resolve_path(path)
 
 
 # ---- measuring and exporting --------------------------------------------------------------
