@@ -59,3 +59,27 @@ def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_
     for a, b in zip(online, served, strict=True):
         assert a.keys() == b.keys() and "train/loss" in a
         assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+
+
+def test_teacher_ensemble_from_several_checkpoints(make_cfg, tmp_path):
+    import torch
+    from hydra.utils import instantiate
+
+    paths = []
+    for seed in (0, 1):
+        cfg = make_cfg("+experiment=fmnist_mlp_kd")
+        torch.manual_seed(seed)
+        net = instantiate(cfg.teacher)
+        paths.append(tmp_path / f"teacher{seed}.pt")
+        torch.save(net.state_dict(), paths[-1])
+    listed = "[" + ",".join(str(p) for p in paths) + "]"
+    metrics = run(
+        make_cfg(
+            "+experiment=fmnist_mlp_kd", f"teacher_ckpt={listed}", "teacher_store.enabled=true",
+            "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        )
+    )  # fmt: skip
+    assert metrics["status"] == "finished"
+    assert metrics["teacher/source"] == f"{paths[0]} + {paths[1]}"
+    assert metrics["hparams"]["teacher"] == "ensemble(MLP-1200-1200,MLP-1200-1200)"
+    assert len(list((tmp_path / "store" / "logits").glob("*/view_0.npy"))) == 1  # stored once
