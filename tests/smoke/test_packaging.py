@@ -21,6 +21,12 @@ def test_wheel_installed_elsewhere_runs_an_experiment_from_an_empty_directory(
 ):
     wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
     empty.mkdir()
+    # a copy of the sources: setuptools writes build/ and *.egg-info beside them
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(
+        ".*", "build", "*.egg-info", "__pycache__", "logs", "store", "data", "docs", "notebooks"
+    )
+    shutil.copytree(ROOT, source, symlinks=True, ignore=skip)
     # no build isolation: CI has no network; the dev extra installs setuptools and wheel
     _pip(
         "wheel",
@@ -29,7 +35,7 @@ def test_wheel_installed_elsewhere_runs_an_experiment_from_an_empty_directory(
         "-q",
         "-w",
         str(wheels),
-        str(ROOT),
+        str(source),
         cwd=tmp_path,
     )
     (wheel,) = wheels.glob("kdlight-*.whl")
