@@ -213,6 +213,7 @@ class DistillationModule(EvalModule):
     def build_method(self, example: torch.Tensor) -> None:
         """Give the method the tapped features of ``example`` so it can size its own layers."""
         student = plain(self.net)
+        self.method.resolve_layers(student, self.teacher)
         was = student.training
         student.eval()
         try:
@@ -235,6 +236,11 @@ class DistillationModule(EvalModule):
                     "build_method(example) or fit with a kdlight data module."
                 )
             idx = dm.train_idx if dm.train_idx.numel() else dm.val_idx
+            self.method.bind_data(
+                int(dm.arrays.train_y.numel()),
+                dm.train_idx,
+                None if getattr(dm, "unlabeled", False) else dm.arrays.train_y[dm.train_idx],
+            )
             self.build_method(dm.view_batch(idx[:2], None))
         super().setup(stage)
 

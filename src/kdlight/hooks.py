@@ -2,6 +2,10 @@
 
 Every method that reads intermediate features (FitNets, attention transfer, ...) and the
 data-free statistics recorder go through :func:`tapped_forward`; hooks exist only inside it.
+
+A name is a module's ``named_modules()`` name, whose OUTPUT is tapped, or that name with the
+suffix ``:in`` (:data:`INPUT_SUFFIX`), whose first INPUT is tapped: ``fc:in`` is the
+penultimate feature vector a classifier ``fc`` reads.
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ import torch
 from torch import nn
 
 from kdlight.errors import ConfigError
+
+INPUT_SUFFIX = ":in"
+
+
+def split_tap(name: str) -> tuple[str, bool]:
+    """``(module name, whether the module's input rather than its output is tapped)``."""
+    if name.endswith(INPUT_SUFFIX):
+        return name[: -len(INPUT_SUFFIX)], True
+    return name, False
 
 
 class _StopForward(Exception):
@@ -32,7 +45,8 @@ def find_module(net: nn.Module, name: str, role: str = "module") -> nn.Module:
         shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
         raise ConfigError(
             f"the {role} {name!r} is not a module of {type(plain(net)).__name__}; valid names "
-            f"(from named_modules()) are: {shown}."
+            f"(from named_modules(), each optionally with {INPUT_SUFFIX!r} to tap its input) "
+            f"are: {shown}."
         )
     return modules[name]
 
@@ -41,7 +55,7 @@ def find_module(net: nn.Module, name: str, role: str = "module") -> nn.Module:
 def taps(
     net: nn.Module, names: Sequence[str], stop: bool = False, role: str = "module"
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Within the block, each forward of ``net`` stores the outputs of ``names`` in the yielded dict.
+    """Within the block, each forward of ``net`` stores the outputs (``:in``: inputs) of ``names``.
 
     With ``stop=True`` the forward is aborted once every named layer has run (call the network
     through :func:`tapped_forward`), so the layers above neither run nor update BatchNorm
@@ -52,17 +66,31 @@ def taps(
     wanted = set(names)
     handles = []
 
+    def keep(name: str, value: torch.Tensor) -> None:
+        box[name] = value if stop else value.clone()
+        if stop and wanted <= box.keys():
+            raise _StopForward
+
     def make_hook(name: str):
         def hook(module, inputs, output):
-            box[name] = output if stop else output.clone()
-            if stop and wanted <= box.keys():
-                raise _StopForward
+            keep(name, output)
 
         return hook
 
+    def make_pre_hook(name: str):
+        def pre_hook(module, inputs):  # before the module runs: a stop skips it too
+            keep(name, inputs[0])
+
+        return pre_hook
+
     try:
         for name in names:
-            handles.append(find_module(net, name, role).register_forward_hook(make_hook(name)))
+            module_name, is_input = split_tap(name)
+            module = find_module(net, module_name, role)
+            if is_input:
+                handles.append(module.register_forward_pre_hook(make_pre_hook(name)))
+            else:
+                handles.append(module.register_forward_hook(make_hook(name)))
         yield box
     finally:
         for h in handles:

@@ -4,7 +4,9 @@ A method is an ``nn.Module`` in its own file ``kdlight/methods/<name>.py`` with 
 ``conf/distill/<name>.yaml`` whose ``_target_`` is the class. The engine
 (:class:`kdlight.engine.DistillationModule`) runs every method the same way:
 
-1. Before training, :meth:`Method.build` is called once with the student's and teacher's
+1. Before training, :meth:`Method.resolve_layers` sees both networks (to resolve ``auto``
+   layer settings), :meth:`Method.bind_data` the training rows (for memory banks), and
+   :meth:`Method.build` is called once with the student's and teacher's
    tapped features for two example inputs, so the method can size its own layers
    (regressors, embedding heads); its parameters join the optimizer and its parameters and
    buffers (memory banks) are saved in checkpoints.
@@ -80,6 +82,23 @@ class Method(nn.Module):
     def plan(self, epoch: int) -> Plan:
         """What the step of ``epoch`` needs; the default taps the declared layers every step."""
         return Plan(tuple(self.student_layers), tuple(self.teacher_layers))
+
+    def resolve_layers(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Turn layer settings such as ``auto`` into names of these networks (called first, once).
+
+        The default keeps ``student_layers`` / ``teacher_layers`` as configured.
+        """
+
+    def bind_data(
+        self, num_rows: int, train_idx: torch.Tensor, train_labels: torch.Tensor | None
+    ) -> None:
+        """Told, before :meth:`build`, which dataset rows training draws ``ctx.idx`` from.
+
+        ``num_rows``: the training arrays' length (``ctx.idx`` < num_rows); ``train_idx``: the
+        rows actually trained on; ``train_labels``: their labels, or None when the student may
+        not see labels (``data.unlabeled``). Methods with per-sample state (memory banks) size
+        it here; the default ignores it.
+        """
 
     def build(
         self,
