@@ -10,8 +10,26 @@ from kdlight.train import run
 from tests.conftest import CONF_DIR
 from tests.smoke import recorder
 
-#: settings a method needs on top of the KD experiment (its transfer set has no labels)
-EXTRA = {"data_free": ("distill.alpha=1.0",)}
+#: (experiment, overrides) per method; default: the Fashion-MNIST MLP KD experiment. Methods
+#: on spatial maps run the CPU CIFAR experiment (ResNet-20 teacher, 5-layer CNN student).
+CNN = "+experiment=cifar_cnn_kd_5pct_cpu"
+MLP = "+experiment=fmnist_mlp_kd"
+SETUP = {
+    "data_free": (MLP, "distill.alpha=1.0"),  # its transfer set has no labels
+    "at": (CNN,),
+    "nst": (CNN,),
+    "vid": (CNN,),
+    "reviewkd": (CNN,),
+    "crd": (MLP, "distill.nce_k=64"),  # a tiny bank: the tiny training set has ~250 rows
+}
+
+
+def setup_of(method: str) -> tuple[str, ...]:
+    """The overrides that run ``method``: its experiment, the method, then its settings."""
+    experiment, *settings = SETUP.get(method, (MLP,))
+    return (experiment, f"distill={method}", *settings)
+
+
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "distill").glob("*.yaml"))
 RECORD = [
     "+callbacks.recorder._target_=tests.smoke.recorder.LossRecorder",
@@ -23,9 +41,7 @@ RECORD = [
 def test_every_method_runs(method, make_cfg):
     metrics = run(
         make_cfg(
-            "+experiment=fmnist_mlp_kd",
-            f"distill={method}",
-            *EXTRA.get(method, ()),
+            *setup_of(method),
             "+trainer.fast_dev_run=true",
         )
     )
@@ -48,8 +64,7 @@ def _losses(make_cfg, *overrides, store_dir):
 def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_path):
     store = tmp_path / "shared-store"
     common = (
-        "+experiment=fmnist_mlp_kd",
-        f"distill={method}",
+        *setup_of(method),
         "seed=3",
         "teacher_store.dtype=float32",
     )
