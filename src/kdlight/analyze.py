@@ -262,10 +262,7 @@ def load_run(
     with open_dict(cfg):
         root = data_dir if data_dir is not None else cfg.data.get("data_dir", "data")
         cfg.data.data_dir = str(_absolute(root, cwd))
-    datamodule = run.build_data()
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    net = run.build("student")
+    net = run.build("student")  # networks first: a refused config stops before any data work
     meta = load_weights(net, ckpt)
     net.eval()
     teacher, source = None, None
@@ -280,6 +277,9 @@ def load_run(
             teacher = run.build("teacher")
             load_weights(teacher, source)
             teacher.eval()
+    datamodule = run.build_data()
+    datamodule.prepare_data()
+    datamodule.setup("test")
     return LoadedRun(run.dir, ckpt, cfg, datamodule, net, teacher, source, meta)
 
 

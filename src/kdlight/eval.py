@@ -34,16 +34,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("run"):
         run, ckpt = open_run(to_absolute_path(str(cfg.run)), str(cfg.get("which", "best")))
         weights = to_absolute_path(str(cfg.weights)) if cfg.get("weights") else ckpt
-        datamodule = run.build_data()
         net = run.build(role)
+        datamodule = run.build_data()
     else:
         if not cfg.get("weights"):
             raise ConfigError(
                 "no weights given; add +weights=PATH naming the checkpoint to evaluate, or +run=DIR."
             )
         weights = to_absolute_path(str(cfg.weights))
-        datamodule = safe_instantiate(cfg.data, DATA_TARGETS, where="data")
         net = safe_instantiate(cfg[role], NETWORK_TARGETS, where=role)
+        datamodule = safe_instantiate(cfg.data, DATA_TARGETS, where="data")
     datamodule.setup("test")
     load_weights(net, weights)
     module = ClassifierModule(net, datamodule.num_classes, optimizer=lambda params: None)

@@ -739,6 +739,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``kdlight-report DIR [--out OUT]``; returns 0, exits 2 with one sentence on a user error."""
     args = parse_args(argv)
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise KdlightError(
+            f"--out {args.out} is a file, not a folder; name a folder for report.md, results.csv "
+            "and the figures."
+        )
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
     report = build_report(args.dir, args.out, axes)
     statuses = {s: len(report.by_status(s)) for s in (FINISHED, FAILED)}

@@ -183,8 +183,9 @@ class Run:
             p = self.dir / p
         real = p.resolve()
         if not real.is_relative_to(self.dir.resolve()):
+            shown = f"{recorded}, a link to {real}," if real != p.absolute() else f"{recorded},"
             raise RunFolderError(
-                f"{what} of run {self.dir} is {recorded}, which lies outside the run folder "
+                f"{what} of run {self.dir} is {shown} which lies outside the run folder "
                 f"(another run's file?); it was refused, so name the checkpoint file itself."
             )
         return real
@@ -309,9 +310,10 @@ def open_run(path: str | os.PathLike, which: str = "best") -> tuple[Run, Path]:
     """Like :func:`find_run`, but ``path`` must belong to a run."""
     run, ckpt = find_run(path, which)
     if run is None:
+        folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         raise ConfigError(
-            f"{path} is not inside a kdlight run (no .hydra/config.yaml next to it); the "
-            "checkpoint must sit in <run>/checkpoints/ of a run written by python -m kdlight.train."
+            f"no run config at {folder / '.hydra' / 'config.yaml'}; the checkpoint must sit in "
+            "<run>/checkpoints/ of a run written by python -m kdlight.train."
         )
     return run, ckpt
 

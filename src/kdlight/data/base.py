@@ -110,7 +110,7 @@ class ArrayDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.batch_size={batch_size} / eval_batch_size={eval_batch_size} are invalid; both must be > 0."
             )
-        if views is not None and int(views) < 0:
+        if views is not None and int(views) < 1:
             raise ConfigError(
                 f"data.views={views} is invalid; use null (one view per epoch) or K >= 1."
             )

@@ -189,13 +189,25 @@ def _archive_stem(path: Path) -> str | None:
 _Entry = tuple[tuple[str, ...], object]
 
 
+def _inside_tree(path: Path, real_root: Path, root: Path) -> None:
+    """Refuse a file or folder of an image tree that a symlink takes outside the tree."""
+    real = path.resolve()
+    if real != real_root and not real.is_relative_to(real_root):
+        raise DataError(
+            f"{path} in the image folder {root} is a link to {real}, outside the folder; "
+            "copy the file into the folder or remove the link."
+        )
+
+
 def _scan_folder(root: Path) -> tuple[list[_Entry], dict]:
     """List files and folders up to ``top/split/class/file`` depth, with a fingerprint of them."""
     entries: list[_Entry] = []
     names = hashlib.sha1()
     n_files = n_bytes = newest = 0
+    real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel = Path(dirpath).relative_to(root).parts
+        _inside_tree(Path(dirpath), real_root, root)
         if len(rel) >= 3:  # deeper than top/split/class: nothing we read lives there
             dirnames[:] = []
         dirnames.sort()
@@ -205,6 +217,7 @@ def _scan_folder(root: Path) -> tuple[list[_Entry], dict]:
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             file = Path(dirpath, name)
+            _inside_tree(file, real_root, root)
             st = file.stat()
             entries.append(((*rel, name), file))
             names.update("/".join((*rel, name)).encode() + b"\0")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from kdlight.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def stratified_sample(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -56,7 +60,18 @@ def labeled_subset(
     if fraction == 1.0:
         return indices
     n = max(1, round(float(fraction) * indices.numel()))
-    picked = stratified_sample(labels[indices], n, seed + 1)
+    pool = labels[indices]
+    picked = stratified_sample(pool, n, seed + 1)
+    missing = sorted(set(pool.unique().tolist()) - set(pool[picked].unique().tolist()))
+    if missing:
+        classes = int(pool.unique().numel())
+        # a user may mean it (e.g. a tiny smoke-test set): one line, not an error
+        log.warning(
+            f"data.labeled_fraction={fraction} keeps {n} of {indices.numel()} training samples, "
+            f"which leaves class {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} "
+            "without any; raise it "
+            f"to at least {classes / indices.numel():.3g} or use more data."
+        )
     return indices[picked]
 
 
