@@ -99,15 +99,64 @@ def write_cifar100_pickles(
     return folder
 
 
+#: (width, height) of the images write_class_images cycles through: square and not, up and down.
+MIXED_SIZES = ((64, 64), (80, 60), (48, 96), (100, 75))
+
+
+def write_class_images(
+    folder: Path, classes: list[str], per_class: int, seed: int, sizes=MIXED_SIZES, sub: str = ""
+) -> None:
+    """Write ``folder/<class>/<sub>/<i>.png|.jpg``: PNG and JPEG alternating, ``sizes`` cycling."""
+    from PIL import Image
+
+    x, _ = make_images(len(classes) * per_class, 96, 3, len(classes), seed)
+    for i, img in enumerate(x):
+        cls = classes[i % len(classes)]
+        name = f"{cls}_{i:04d}.{'png' if i % 2 else 'jpg'}"
+        path = folder / cls / sub / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize(sizes[i % len(sizes)]).save(path)
+
+
+def write_image_tree(root: Path, n_classes: int = 5, per_class: int = 14, n_test: int = 2) -> Path:
+    """An ImageNet-style tree: ``train/<wnid>/*`` and ``val/<wnid>/*``, mixed sizes and formats."""
+    classes = [f"n{i:08d}" for i in range(n_classes)]
+    write_class_images(root / "train", classes, per_class, seed=0)
+    write_class_images(root / "val", classes, n_test, seed=1)
+    return root
+
+
+def write_tiny_imagenet(
+    root: Path, n_classes: int = 5, per_class: int = 14, n_val: int = 10
+) -> Path:
+    """Tiny-ImageNet's layout: ``train/<wnid>/images/*``, ``val/images/*.JPEG`` + ``val_annotations.txt``."""
+    from PIL import Image
+
+    classes = [f"n{i:08d}" for i in range(n_classes)]
+    write_class_images(root / "train", classes, per_class, seed=0, sizes=((64, 64),), sub="images")
+    (root / "wnids.txt").write_text("\n".join(classes) + "\n")
+    (root / "val" / "images").mkdir(parents=True)
+    x, _ = make_images(n_val, 64, 3, n_classes, seed=1)
+    lines = []
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(root / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
+        lines.append(f"val_{i}.JPEG\t{classes[i % n_classes]}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """A data_dir holding tiny MNIST, Fashion-MNIST (IDX), CIFAR-10 (image folder) and
-    CIFAR-100 (torchvision's pickles) sets."""
+    """A data_dir holding tiny MNIST, Fashion-MNIST (IDX), CIFAR-10 (image folder), CIFAR-100
+    (torchvision's pickles), image-folder / ImageNet and Tiny-ImageNet sets."""
     root = tmp_path_factory.mktemp("data")
     write_mnist_like(root, "fashion_mnist")
     write_mnist_like(root, "mnist")
     write_image_folder(root / "cifar10")
     write_cifar100_pickles(root / "cifar-100-python")
+    write_image_tree(root / "image_folder")  # data=image_folder's default root
+    write_image_tree(root / "imagenet")
+    write_tiny_imagenet(root / "tiny-imagenet-200")
     return root
 
 

@@ -7,6 +7,8 @@ the teacher's logits for every (view, sample) can be computed once and reused
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kdlight.errors import ConfigError
@@ -153,3 +155,60 @@ def view_of(epoch: int, views: int | None) -> int:
     if views < 0:
         raise ConfigError(f"number of augmentation views must be >= 0 or null, got {views}.")
     return epoch % views
+
+
+# ---- per-sample generators: augmentations of whole images of any size (image folders) -------
+
+# Bump when random_resized_crop_params or the image-folder decoding changes its output.
+RESIZED_CROP_VERSION = 1
+
+
+def sample_seed(index: int, view: int, seed: int) -> int:
+    """The 32-bit seed of sample ``index``'s generator in ``view``: ``sample_hash(index, view, seed)``."""
+    return int(sample_hash(torch.tensor([int(index)]), view, seed)[0])
+
+
+def sample_generator(index: int, view: int, seed: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`sample_seed`.
+
+    Everything drawn from it is a pure function of (seed, view, index): not of the batch, the
+    DataLoader worker or the process that draws it.
+    """
+    return torch.Generator().manual_seed(sample_seed(index, view, seed))
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """Return ``(top, left, h, w)`` of a random resized crop, drawn from ``generator``.
+
+    torchvision's ``RandomResizedCrop.get_params``, which takes no generator, draw for draw:
+    up to 10 tries of area ``A * U(scale)`` and aspect ratio ``exp(U(log ratio))``, a uniform
+    position for the first box that fits, else the centre crop clamped to ``ratio``. With
+    ``generator`` seeded like the global RNG it returns what torchvision returns.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(
+            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
+        ).item()
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w

@@ -1,0 +1,501 @@
+"""Image folders of any size (ImageNet-scale): files decoded per batch by DataLoader workers.
+
+``root/train/<class>/*`` and ``root/val/<class>/*`` (``test/`` is accepted for ``val/``), JPEG
+or PNG of any sizes; classes sort by folder name into labels, as torchvision's ``ImageFolder``.
+Only the file list is held in memory. A training image is cropped by ``RandomResizedCrop``
+(torchvision's draw, from a generator seeded by (``aug_seed``, view, sample index)), resized to
+``image_size`` and flipped; evaluation resizes the shorter side to ``eval_resize`` and takes
+the centre ``image_size`` crop. ``crop: pad`` (for small images, e.g. Tiny-ImageNet's 64 px)
+instead takes the evaluation image and applies CIFAR's pad-crop + flip to the whole batch.
+Either way the input of (view, index) is a pure function of the data and the settings, so
+the teacher store (:mod:`kdlight.store`) serves exact teacher outputs; :meth:`view_batch`
+decodes the files a store fill asks for.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from kdlight.data.augment import (
+    RESIZED_CROP_VERSION,
+    random_crop_flip,
+    random_resized_crop_params,
+    sample_generator,
+)
+from kdlight.data.base import ArrayDataModule, _EpochSeededShuffle
+from kdlight.data.sources import IMAGE_SUFFIXES, _inside_tree
+from kdlight.data.subsets import labeled_subset, split_train_val
+from kdlight.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CROPS = ("random_resized", "pad")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageFiles:
+    """A labelled image dataset as file paths relative to ``root`` (decoded when a batch needs them).
+
+    ``train_files``/``test_files``: numpy byte strings (one array, not a million Python
+    objects that every DataLoader worker would copy); ``train_y``/``test_y``: int64 labels
+    indexing ``classes``. Named like :class:`~kdlight.data.sources.ImageArrays`' labels,
+    which is all the engine reads of a data module's ``arrays``.
+    """
+
+    root: str
+    train_files: np.ndarray
+    train_y: torch.Tensor
+    test_files: np.ndarray
+    test_y: torch.Tensor
+    classes: list[str]
+    source: str = field(default="", compare=False)
+
+
+# ---- scanning ----------------------------------------------------------------------------
+
+
+def list_images(folder: Path, root: Path) -> list[str]:
+    """Sorted names of the JPEG/PNG files in ``folder``; a link leaving ``root`` is refused."""
+    names = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith(".") or not e.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            if e.is_symlink():
+                _inside_tree(Path(e.path), root, root)
+            if e.is_file():
+                names.append(e.name)
+    return sorted(names)
+
+
+def list_folders(folder: Path, root: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of ``folder``; a link leaving ``root`` is refused."""
+    names = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith(".") or not e.is_dir():
+                continue
+            if e.is_symlink():
+                _inside_tree(Path(e.path), root, root)
+            names.append(e.name)
+    return sorted(names)
+
+
+def check_root(root: str | os.PathLike, layout: str) -> Path:
+    """``root`` resolved; DataError in one sentence when it is not a folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"image folder {path} does not exist or is not a folder; set data.root to a folder "
+            f"holding {layout}."
+        )
+    return path.resolve()
+
+
+def split_folder(root: Path, names: Sequence[str], layout: str) -> Path:
+    """The first of ``root/<name>`` that exists (``train``; ``val`` or ``test``), checked to stay inside."""
+    for name in names:
+        folder = root / name
+        if folder.is_dir():
+            _inside_tree(folder, root, root)
+            return folder
+    raise DataError(
+        f"{root} has no {' or '.join(n + '/' for n in names)} folder; expected {layout}."
+    )
+
+
+def scan_class_folders(
+    root: Path, split: Path, classes: list[str] | None, layout: str, sub: str = ""
+) -> tuple[list[bytes], list[int], list[str]]:
+    """Files of ``split/<class>/<sub>*`` as root-relative paths, their labels and the classes.
+
+    ``classes`` None: the split's class folders define them (sorted); else each folder must be
+    one of ``classes``.
+    """
+    found = list_folders(split, root)
+    if not found:
+        raise DataError(f"{split} holds no class folders; expected {layout}.")
+    if classes is None:
+        classes = found
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[bytes] = []
+    labels: list[int] = []
+    for cls in found:
+        if cls not in index:
+            raise DataError(
+                f"class folder {split / cls} is not among the {len(classes)} training classes "
+                f"(train/ has {', '.join(classes[:3])}, ...); remove it or add it to train/."
+            )
+        folder = split / cls / sub if sub else split / cls
+        if sub and not folder.is_dir():
+            raise DataError(f"{split / cls} has no {sub} folder; expected {layout}.")
+        names = list_images(folder, root)
+        if not names:
+            raise DataError(
+                f"class folder {folder} holds no .jpg/.jpeg/.png images; remove it or add images."
+            )
+        prefix = folder.relative_to(root).as_posix() + "/"
+        files += [(prefix + n).encode() for n in names]
+        labels += [index[cls]] * len(names)
+    return files, labels, classes
+
+
+def image_files(root: Path, train: tuple, test: tuple, classes: list[str]) -> ImageFiles:
+    """Pack two (files, labels) lists into an :class:`ImageFiles`."""
+    return ImageFiles(
+        root=str(root),
+        train_files=np.array(train[0], dtype=bytes),
+        train_y=torch.tensor(train[1], dtype=torch.long),
+        test_files=np.array(test[0], dtype=bytes),
+        test_y=torch.tensor(test[1], dtype=torch.long),
+        classes=classes,
+        source=str(root),
+    )
+
+
+# ---- decoding (in DataLoader workers, and for view_batch) ----------------------------------
+
+
+def decode_rgb(path: Path) -> Image.Image:
+    """Open and decode one JPEG/PNG as RGB, or raise DataError naming it."""
+    try:
+        with Image.open(path, formats=("JPEG", "PNG")) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"image {path} is corrupt or not a JPEG/PNG ({exc}); replace or remove it."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The per-image part of the input pipeline: PIL image -> uint8 (3, size, size) tensor.
+
+    Training (``view`` given, ``crop == "random_resized"``): the box of
+    :func:`~kdlight.data.augment.random_resized_crop_params` drawn from
+    ``sample_generator(index, view, seed)``, cut out and resized to ``size`` (PIL bilinear),
+    then flipped when the same generator's next ``U(0, 1) < 0.5``: pixel for pixel what
+    torchvision's ``RandomResizedCrop(size)`` + ``RandomHorizontalFlip()`` give on a PIL
+    image with the global RNG seeded by ``sample_seed(index, view, seed)``. Otherwise
+    (evaluation, and every image under ``crop == "pad"``): shorter side resized to
+    ``eval_resize``, centre ``size`` crop (``Resize`` + ``CenterCrop``, likewise).
+    """
+
+    size: int
+    eval_resize: int
+    crop: str
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip: bool
+    seed: int
+
+    def __call__(self, img: Image.Image, index: int, view: int | None) -> torch.Tensor:
+        s = self.size
+        if view is not None and self.crop == "random_resized":
+            g = sample_generator(index, view, self.seed)
+            top, left, h, w = random_resized_crop_params(
+                img.height, img.width, g, self.scale, self.ratio
+            )
+            out = img.crop((left, top, left + w, top + h)).resize((s, s), Image.Resampling.BILINEAR)
+            if self.flip and float(torch.rand((), generator=g)) < 0.5:
+                out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            w, h = img.size
+            r = self.eval_resize
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(r * long / short)
+            nw, nh = (r, new_long) if w <= h else (new_long, r)
+            out = img if (nw, nh) == (w, h) else img.resize((nw, nh), Image.Resampling.BILINEAR)
+            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+            if (nw, nh) != (s, s):
+                out = out.crop((left, top, left + s, top + s))
+        return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+
+
+class _Decoded(Dataset):
+    """Items ``(index, uint8 image, view)`` for the sample indices ``indices``; ``view`` set per epoch."""
+
+    def __init__(
+        self, root: str, files: np.ndarray, indices: torch.Tensor, geometry: Geometry, train: bool
+    ) -> None:
+        self.root = Path(root)
+        self.files = files
+        self.indices = indices
+        self.geometry = geometry
+        self.train = train  # only training images are augmented
+        self.view: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, int | None]:
+        i = int(self.indices[k])
+        view = self.view if self.train else None
+        img = decode_rgb(self.root / self.files[i].decode())
+        return i, self.geometry(img, i, view), view
+
+
+def _collate(items, labels: torch.Tensor | None, split: str) -> dict[str, Any]:
+    idx = torch.tensor([it[0] for it in items], dtype=torch.long)
+    batch: dict[str, Any] = {
+        "idx": idx,
+        "x": torch.stack([it[1] for it in items]),
+        "split": split,
+        "view": items[0][2] if items else None,
+    }
+    if labels is not None:
+        batch["y"] = labels[idx]
+    return batch
+
+
+class _ViewLoader(DataLoader):
+    """A DataLoader that gives its dataset the current view each time an epoch starts iterating it.
+
+    Workers are (re)started by each ``iter()`` (no ``persistent_workers``), so they all see
+    the view set here; the sampler, which Lightning may replace (DDP), stays a plain one.
+    """
+
+    def __init__(self, *args, view_fn=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.view_fn = view_fn
+
+    def __iter__(self):
+        if self.view_fn is not None:
+            self.dataset.view = self.view_fn()
+        return super().__iter__()
+
+
+# ---- the data module ---------------------------------------------------------------------
+
+
+class ImageFolderDataModule(ArrayDataModule):
+    """Image folders of any size, decoded per batch by ``num_workers`` DataLoader workers.
+
+    Args (besides :class:`~kdlight.data.base.ArrayDataModule`'s ``batch_size``, ``val_size``,
+    ``labeled_fraction``, ``unlabeled``, ``augment``, ``views``, ``mean``/``std``, seeds):
+        root: the folder holding ``train/<class>/*`` and ``val/<class>/*`` (or ``test/``).
+        image_size: the side of the square input the networks get.
+        eval_resize: evaluation resizes the shorter side to this, then centre-crops
+            ``image_size`` (None: ``round(image_size / 0.875)``, 256 for 224).
+        crop: ``random_resized`` (RandomResizedCrop(``scale``, ``ratio``) + flip, ImageNet's)
+            or ``pad`` (evaluation image, then CIFAR's ``pad``-pixel random crop + flip on the
+            batch: for small images such as Tiny-ImageNet's 64 px).
+        num_workers: DataLoader worker processes that decode and crop (0: in the main process).
+        name: the dataset's name in hyper-parameters, reports and store keys.
+    """
+
+    name = "image_folder"
+    layout = "train/<class>/*.jpg and val/<class>/*.jpg (also .jpeg, .png)"
+
+    def __init__(
+        self,
+        root: str = "data/image_folder",
+        image_size: int = 224,
+        eval_resize: int | None = None,
+        crop: str = "random_resized",
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        num_workers: int = 4,
+        name: str | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        num_classes: int = 1000,
+        **kwargs,
+    ) -> None:
+        super().__init__(mean=mean, std=std, num_classes=num_classes, **kwargs)
+        size = int(image_size)
+        resize = int(eval_resize) if eval_resize is not None else int(round(size / 0.875))
+        if size < 1 or resize < size:
+            raise ConfigError(
+                f"data.image_size={image_size} / data.eval_resize={eval_resize} are invalid; "
+                "image_size must be >= 1 and eval_resize >= image_size (or null)."
+            )
+        if crop not in CROPS:
+            raise ConfigError(f"data.crop={crop!r} is invalid; valid: {', '.join(CROPS)}.")
+        lo, hi = (float(v) for v in scale)
+        rlo, rhi = (float(v) for v in ratio)
+        if not (0 < lo <= hi <= 1) or not (0 < rlo <= rhi):
+            raise ConfigError(
+                f"data.scale={list(scale)} / data.ratio={list(ratio)} are invalid; scale needs "
+                "0 < min <= max <= 1 and ratio 0 < min <= max."
+            )
+        if int(num_workers) < 0:
+            raise ConfigError(f"data.num_workers={num_workers} is invalid; it must be >= 0.")
+        self.root = str(root)
+        self.image_size = size
+        self.eval_resize = resize
+        self.crop = crop
+        self.scale = (lo, hi)
+        self.ratio = (rlo, rhi)
+        self.num_workers = int(num_workers)
+        if name is not None:
+            self.name = str(name)
+        self.geometry = Geometry(
+            size, resize, crop, self.scale, self.ratio, self.flip, self.aug_seed
+        )
+        self._fingerprint: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ---- files -------------------------------------------------------------------------
+    def scan(self, root: Path) -> ImageFiles:
+        """Read the folder's file list (subclasses read other layouts, e.g. Tiny-ImageNet's)."""
+        train = split_folder(root, ("train",), self.layout)
+        test = split_folder(root, ("val", "test"), self.layout)
+        tr_files, tr_y, classes = scan_class_folders(root, train, None, self.layout)
+        te_files, te_y, _ = scan_class_folders(root, test, classes, self.layout)
+        return image_files(root, (tr_files, tr_y), (te_files, te_y), classes)
+
+    def load_files(self) -> ImageFiles:
+        # no cache across data modules: a scan reads directory entries only (ImageNet: seconds)
+        return self.scan(check_root(self.root, self.layout))
+
+    def load_arrays(self) -> ImageFiles:
+        return self.load_files()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.arrays is not None:
+            return
+        files = self.load_files()
+        n_cls = len(files.classes)
+        if n_cls > self.num_classes:
+            raise DataError(
+                f"{self.root} has {n_cls} classes but data.num_classes={self.num_classes}; "
+                f"set data.num_classes={n_cls}."
+            )
+        self.arrays = files
+        pool, self.val_idx = split_train_val(files.train_y, self.val_size, self.split_seed)
+        self.train_idx = labeled_subset(pool, files.train_y, self.labeled_fraction, self.split_seed)
+
+    # ---- loaders -----------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        a = self.arrays
+        idx = {"train": self.train_idx, "val": self.val_idx, "test": torch.arange(a.test_y.numel())}
+        files, labels = (a.test_files, a.test_y) if split == "test" else (a.train_files, a.train_y)
+        train = split == "train"
+        data = _Decoded(a.root, files, idx[split], self.geometry, train and self.augment)
+        return _ViewLoader(
+            data,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=_EpochSeededShuffle(data) if shuffle else None,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(
+                _collate, labels=None if train and self.unlabeled else labels, split=split
+            ),
+            view_fn=self.current_view if train and self.augment else None,
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if not isinstance(batch, dict) or "split" not in batch:
+            return batch
+        view = self.current_view() if batch["split"] == "train" and self.augment else None
+        if (
+            batch.get("view") != view
+        ):  # the workers cropped another view: teacher outputs would not match
+            raise RuntimeError(
+                f"a {batch['split']} batch was decoded for view {batch.get('view')} but the epoch's "
+                f"view is {view}; iterate the loader after the epoch starts."
+            )
+        batch["x"] = self.transform(batch["x"], batch["idx"], view)
+        return batch
+
+    # ---- batches -----------------------------------------------------------------------
+    def transform(self, x: torch.Tensor, idx: torch.Tensor, view: int | None) -> torch.Tensor:
+        """uint8 batch (already cropped per image) -> normalised float; ``crop: pad`` pad-crops here."""
+        if self.augment and view is not None and self.crop == "pad":
+            x = random_crop_flip(x, idx, view, self.aug_seed, pad=self.pad, flip=self.flip)
+        x = x.float().div_(255.0)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def decode(self, idx: torch.Tensor, view: int | None, split: str = "train") -> torch.Tensor:
+        """The uint8 (B, 3, S, S) images of ``idx`` as a loader worker makes them, decoded on threads."""
+        self.setup()
+        a = self.arrays
+        files = a.test_files if split == "test" else a.train_files
+        view = view if split == "train" and self.augment else None
+        root = Path(a.root)
+
+        def one(i: int) -> torch.Tensor:
+            return self.geometry(decode_rgb(root / files[i].decode()), i, view)
+
+        if self._pool is None:  # PIL decodes and resizes without the GIL
+            self._pool = ThreadPoolExecutor(max(1, self.num_workers))
+        return torch.stack(list(self._pool.map(one, idx.tolist())))
+
+    def view_batch(self, idx: torch.Tensor, view: int | None, split: str = "train", device=None):
+        """The exact normalised input of ``idx`` for ``view`` (what the loader gives), on ``device``."""
+        x = self.decode(idx.cpu(), view, split)
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+            idx = idx.to(device)
+        return self.transform(x, idx, view if split == "train" else None)
+
+    def teardown(self, stage: str) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"] = None  # threads do not travel to spawned processes
+        return state
+
+    # ---- identity ----------------------------------------------------------------------
+    def transform_key(self) -> dict[str, Any]:
+        """Everything that decides the input of a (view, index): for teacher and store keys."""
+        aug = self.augment
+        return {
+            "pipeline": "image_folder",
+            "version": RESIZED_CROP_VERSION,
+            "pillow": PIL.__version__,
+            "image_size": self.image_size,
+            "eval_resize": self.eval_resize,
+            "augment": aug,
+            "crop": self.crop if aug else None,
+            "scale": list(self.scale) if aug and self.crop == "random_resized" else None,
+            "ratio": list(self.ratio) if aug and self.crop == "random_resized" else None,
+            "pad": self.pad if aug and self.crop == "pad" else None,
+            "flip": self.flip if aug else None,
+            "aug_seed": self.aug_seed if aug else None,
+            "views": self.views if aug else None,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of the training files: names, labels, and size + mtime of a strided sample."""
+        if self._fingerprint is None:
+            self.setup()
+            a = self.arrays
+            h = hashlib.sha256()
+            h.update(a.train_y.numpy().tobytes())
+            h.update(b"\0".join(a.train_files.tolist()))
+            root = Path(a.root)
+            for name in a.train_files[:: max(1, len(a.train_files) // 4096)]:
+                st = (root / name.decode()).stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
