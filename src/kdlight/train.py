@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlight.engine import check_outputs
 from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
-from kdlight.utils import atomic_write_json
+from kdlight.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
         "method": "none" if distill is None else method_name(distill._target_),
     }
     if distill is not None:
-        hp["teacher"] = _model_name(cfg.teacher)
+        from kdlight.ensemble import ensemble_name
+
+        hp["teacher"] = ensemble_name(cfg, _model_name) or _model_name(cfg.teacher)
         general = set(hp)
         for k, v in distill.items():
             if not k.startswith("_") and isinstance(v, int | float | str | bool):
@@ -72,6 +74,8 @@ def method_name(target: str) -> str:
 
 
 def _model_name(node: DictConfig) -> str:
+    if "name" in node:  # a library network (kdlight.models.external): torchvision:resnet34
+        return f"{node._target_.rsplit('.', 1)[-1].removesuffix('_model')}:{node.name}"
     name = node._target_.rsplit(".", 1)[-1]
     if "depth" in node:
         name += f"-{node.depth}"
@@ -82,6 +86,8 @@ def _model_name(node: DictConfig) -> str:
 
 def check_config(cfg: DictConfig) -> None:
     """Fail early, before any work, on inconsistent settings."""
+    check_keys(cfg)
+    check_values(cfg)
     distill = cfg.get("distill")
     unlabeled = bool(cfg.data.get("unlabeled", False))
     if distill is None and unlabeled:
@@ -92,9 +98,11 @@ def check_config(cfg: DictConfig) -> None:
     if distill is not None:
         method = instantiate_method(distill)
         if unlabeled and method.needs_labels:
+            alpha = f" distill.alpha={distill.alpha}" if "alpha" in distill else ""
             raise ConfigError(
-                f"data.unlabeled=true with distill={method_name(distill._target_)}, whose loss needs "
-                "labels; set distill.alpha=1.0 (or a method that learns from the teacher alone)."
+                f"data.unlabeled=true with distill={method_name(distill._target_)}{alpha}, whose "
+                "loss needs labels; set distill.alpha=1.0 (or use a method that learns from the "
+                "teacher alone)."
             )
     store_options = _store_options(cfg)
     if distill is not None and store_options is not None:
@@ -117,6 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment described by ``cfg``; return the metrics written to ``metrics.json``."""
     check_config(cfg)
     out = Path(cfg.paths.output_dir)
+    check_resume(cfg, out)
     metrics_path = out / "metrics.json"
     hp = hparams_of(cfg)
     started = time.time()
@@ -217,12 +226,30 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
     else:  # no checkpoint written (e.g. fast_dev_run): the last weights are all there is
         metrics["test/acc_best"] = metrics["test/acc_last"]
     metrics["epochs"] = int(trainer.current_epoch)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(
-            hp, {"hp_metric": metrics["test/acc_best"], "test/acc_last": metrics["test/acc_last"]}
-        )
-        lg.finalize("success")
+    log_final(trainer, hp, metrics)
     return metrics
+
+
+def log_final(trainer: L.Trainer, hp: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Give every logger the run's hparams and final test metrics, then close it."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    final = {
+        "hp_metric": metrics["test/acc_best"],
+        "test/acc_best": metrics["test/acc_best"],
+        "test/acc_last": metrics["test/acc_last"],
+    }
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):  # the HPARAMS tab pairs them with these metrics
+            lg.log_hyperparams(
+                hp, {"hp_metric": final["hp_metric"], "test/acc_last": final["test/acc_last"]}
+            )
+        else:  # CSV, W&B, MLflow: hparams once, final metrics as the last logged values
+            lg.log_hyperparams(hp)
+            lg.log_metrics(final, step=trainer.global_step)
+        lg.finalize("success")
+        if isinstance(lg, WandbLogger):  # one W&B run per job, also in a multirun's process
+            lg.experiment.finish()
 
 
 def instantiate_method(node: DictConfig):
@@ -261,8 +288,8 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         return None
     from kdlight.checkpoints import weights_hash
     from kdlight.data.augment import AUGMENT_VERSION
+    from kdlight.io import key_hash
     from kdlight.store import TeacherLogitStore
-    from kdlight.teacher import key_hash
 
     idx = datamodule.train_idx
     key = {
@@ -272,6 +299,9 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         "indices": key_hash({"idx": idx.tolist()}),
         "transform": datamodule.transform_key(),
         "augment_version": AUGMENT_VERSION,
+        # float16 logits of one image can differ in the last bit with the batch that computed
+        # them (batched kernels): what decides the bytes is part of the key
+        "fill": {"dtype": options["dtype"], "batch_size": options["batch_size"]},
     }
     root = Path(hydra.utils.to_absolute_path(cfg.paths.store_dir)) / "logits"
     return TeacherLogitStore(
@@ -281,6 +311,220 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         num_classes=datamodule.num_classes,
         **options,
     )
+
+
+# ---- checks before any work: values that cannot train, misspelled keys, resume mistakes ------
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _check_int(cfg: DictConfig, key: str, low: int, what: str, allow_none: bool = False) -> None:
+    v = _value(cfg, key)
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key}={v} is invalid; it must be {what}.")
+
+
+def _check_lr(cfg: DictConfig, key: str) -> None:
+    v = _value(cfg, key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise ConfigError(f"{key}={v} is invalid; the learning rate must be a number > 0.")
+
+
+def _check_max_epochs(cfg: DictConfig, key: str) -> None:
+    v = _value(cfg, key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1:
+        raise ConfigError(
+            f"{key}={v} is invalid; it must be an integer >= 1 (or -1: no limit), since 0 epochs "
+            "would store an untrained network."
+        )
+
+
+def _trains_teacher(cfg: DictConfig) -> bool:
+    return (
+        cfg.get("distill") is not None
+        and not cfg.get("teacher_ckpt")
+        and cfg.get("teacher_train") is not None
+    )
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse values that cannot train (wrong types too), in one sentence, before any work."""
+    _check_int(cfg, "seed", 0, "an integer >= 0 (or null)", allow_none=True)
+    _check_int(cfg, "data.batch_size", 1, "a positive integer")
+    _check_int(cfg, "data.eval_batch_size", 1, "a positive integer", allow_none=True)
+    _check_int(cfg, "data.val_size", 0, "an integer >= 0", allow_none=True)
+    _check_int(cfg, "data.views", 1, "null (a fresh view per epoch) or an integer K >= 1", True)
+    fraction = _value(cfg, "data.labeled_fraction")
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, int | float)
+    ):
+        raise ConfigError(
+            f"data.labeled_fraction={fraction} is invalid; it must be in (0, 1] (e.g. 0.05 for 5%)."
+        )
+    _check_lr(cfg, "module.optimizer.lr")
+    _check_max_epochs(cfg, "trainer.max_epochs")
+    if _trains_teacher(cfg):
+        _check_max_epochs(cfg, "teacher_train.max_epochs")
+        _check_lr(cfg, "teacher_train.optimizer.lr")
+        _check_int(cfg, "teacher_train.seed", 0, "an integer >= 0")
+    store_dir = _value(cfg, "paths.store_dir")
+    if cfg.get("distill") is not None and store_dir:
+        from hydra.utils import to_absolute_path
+
+        folder = Path(to_absolute_path(str(store_dir)))
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(
+                f"paths.store_dir={store_dir} cannot hold the teacher store: {blocker} is a file, "
+                "not a folder; set paths.store_dir (or KDLIGHT_STORE) to a folder."
+            )
+    if _value(cfg, "data.val_size") == 0:
+        monitor = _value(cfg, "callbacks.model_checkpoint.monitor")
+        if monitor and str(monitor).startswith("val/"):
+            raise ConfigError(
+                f"data.val_size=0 leaves no validation split, but the best checkpoint is chosen on "
+                f"{monitor}; set data.val_size > 0 or callbacks.model_checkpoint.monitor=null."
+            )
+        if _trains_teacher(cfg):
+            raise ConfigError(
+                "data.val_size=0 leaves no validation split to choose the teacher's best epoch on; "
+                "set data.val_size > 0 or give a trained teacher with teacher_ckpt."
+            )
+
+
+#: Nodes whose keys are the arguments of their ``_target_`` (misspellings are caught here).
+_TARGET_NODES = (
+    "data",
+    "student",
+    "teacher",
+    "distill",
+    "module.optimizer",
+    "module.scheduler",
+    "teacher_train.optimizer",
+    "teacher_train.scheduler",
+    "trainer",
+)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key its node's ``_target_`` does not take (e.g. ``+data.bach_size=64``), naming the nearest valid one."""
+    import difflib
+
+    from hydra.utils import get_object
+
+    for path in _TARGET_NODES:
+        node = _value(cfg, path)
+        if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
+            continue
+        try:
+            params = _accepted_arguments(get_object(node._target_))
+        except Exception:  # noqa: BLE001 - an unknown target is reported where it is built
+            continue
+        if params is None:  # takes any **kwargs: nothing to check against
+            continue
+        valid = [n for n in params if n not in ("self", "args", "kwargs")]
+        for key in node:
+            if str(key).startswith("_") or key in params:
+                continue
+            near = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {path}.{near[0]}" if near else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(
+                f"{path}.{key} is not a setting of {node._target_.rsplit('.', 1)[-1]} ({hint}?); "
+                "remove it or fix its spelling."
+            )
+
+
+def _accepted_arguments(target) -> dict[str, Any] | None:
+    """The keyword arguments ``target`` takes, following ``**kwargs`` up a class's bases; None
+    when it takes any."""
+    import inspect
+
+    if not inspect.isclass(target):
+        params = inspect.signature(target).parameters
+        kinds = {p.kind for p in params.values()}
+        return None if inspect.Parameter.VAR_KEYWORD in kinds else dict(params)
+    found: dict[str, Any] = {}
+    for cls in target.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        if cls is object:
+            return None
+        params = inspect.signature(init).parameters
+        found.update({k: v for k, v in params.items() if v.kind is not v.VAR_KEYWORD})
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return found
+    return None
+
+
+def check_resume(cfg: DictConfig, out: Path) -> None:
+    """``ckpt_path`` (resume) must name a weights-only Lightning checkpoint of this experiment
+    and architecture; ``ckpt_path=last`` needs one in the run folder. One sentence, before any work."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return
+    from hydra.utils import to_absolute_path
+
+    from kdlight.checkpoints import load_checkpoint_file
+    from kdlight.errors import CheckpointError
+
+    if str(ckpt) == "last":
+        dirpath = _value(cfg, "callbacks.model_checkpoint.dirpath") or out / "checkpoints"
+        path = Path(str(dirpath)) / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"ckpt_path=last but {path} does not exist, so there is nothing to resume; drop "
+                "ckpt_path to start a new run (in a new hydra.run.dir)."
+            )
+    else:
+        path = Path(to_absolute_path(str(ckpt)))
+    blob = load_checkpoint_file(path)  # weights-only and bounded: refuses in one sentence
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or "pytorch-lightning_version" not in blob:
+        raise CheckpointError(
+            f"ckpt_path={ckpt} names {path}, which is not a checkpoint written by kdlight.train "
+            "(no Lightning training state); give a teacher's weights as teacher_ckpt instead."
+        )
+    import json
+
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    try:
+        previous = json.loads((run_dir / "metrics.json").read_text()).get("hparams", {})
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    name = cfg.get("name")
+    if previous.get("experiment") not in (None, name):
+        raise CheckpointError(
+            f"checkpoint {path} belongs to experiment {previous['experiment']}, not {name}; "
+            f"resume it with +experiment={previous['experiment']} or drop ckpt_path."
+        )
+    roles = {"student": ("student.", "net.")}
+    if cfg.get("distill") is not None:
+        roles["teacher"] = ("teacher.",)
+    for role, prefixes in roles.items():
+        prefix = next((p for p in prefixes if any(k.startswith(p) for k in state)), None)
+        if prefix is None or cfg.get(role) is None:
+            continue
+        theirs = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        net = instantiate(cfg[role])
+        ours = net.state_dict()
+        bad = sorted(set(theirs) ^ set(ours)) or [
+            k for k in ours if tuple(ours[k].shape) != tuple(theirs[k].shape)
+        ]
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's {role} {type(net).__name__} "
+                f"({len(bad)} keys differ, first: {bad[0]}); resume with the experiment and "
+                "model that wrote it, or drop ckpt_path."
+            )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -136,8 +136,11 @@ def check_range(
         high is not None and v > high
     )
     if bad or v != v:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"distill.{name}={value} is invalid; it must be in {bracket}{lo}, {hi}].")
+        if high is None:
+            valid = f"{'>' if low_open else '>='} {low:g}"
+        elif low is None:
+            valid = f"<= {high:g}"
+        else:
+            valid = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"distill.{name}={value} is invalid; it must be {valid}.")
     return v

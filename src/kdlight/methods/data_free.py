@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 
 from kdlight.data.base import _Indices
 from kdlight.errors import ConfigError
+from kdlight.io import atomic_torch_save, atomic_write_text, file_lock, key_hash
 from kdlight.methods.kd import KD
 from kdlight.reconstruction import STATS_VERSION, reconstruct, record_statistics, resolve_layers
-from kdlight.utils import atomic_torch_save, atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,6 @@ class TransferSetDataModule(L.LightningDataModule):
     def stats_key(self) -> dict[str, Any]:
         """Everything that decides the recorded statistics."""
         from kdlight.checkpoints import weights_hash
-        from kdlight.teacher import key_hash
 
         real = self.real
         return {
@@ -189,7 +188,6 @@ class TransferSetDataModule(L.LightningDataModule):
 
     def build(self, device: torch.device | str | None = None) -> None:
         """Load or compute the statistics and the transfer set (idempotent)."""
-        from kdlight.teacher import key_hash
 
         if self.transfer is not None:
             return
