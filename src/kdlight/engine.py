@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,24 @@ from kdlight.hooks import plain, tapped_forward
 from kdlight.methods.base import Context, Method
 
 log = logging.getLogger(__name__)
+
+#: Between the steps the loggers write, ``train/loss`` is refreshed for the progress bar at most this often.
+BAR_REFRESH_S = 0.5
+
+
+def logs_this_step(trainer) -> bool:
+    """Whether Lightning hands this training step's values to the loggers.
+
+    Lightning writes step values every ``trainer.log_every_n_steps`` steps (and when training
+    stops, and every step under ``fast_dev_run``); a value logged on any other step only
+    reaches the progress bar and ``trainer.callback_metrics``.
+    """
+    if trainer.fast_dev_run:
+        return True
+    try:
+        return bool(trainer._logger_connector.should_update_logs)
+    except AttributeError:  # another Lightning: log every step, as before
+        return True
 
 
 class EvalModule(L.LightningModule):
@@ -51,6 +71,12 @@ class EvalModule(L.LightningModule):
         self.compile_net = bool(compile)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # training accuracy: updated every step (no per-batch value, no argument checks, which
+        # sync with the host), computed and logged once per epoch in on_train_epoch_end
+        self.train_acc = MulticlassAccuracy(
+            num_classes=num_classes, average="micro", validate_args=False
+        )
+        self._bar_time = -math.inf
 
     def setup(self, stage: str) -> None:
         if self.compile_net and stage == "fit":
@@ -67,6 +93,42 @@ class EvalModule(L.LightningModule):
                 f"(epoch {self.current_epoch}); lower module.optimizer.lr or check the data (the last "
                 "good checkpoint is kept)."
             )
+
+    def log_train_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log ``train/<name>`` for every term, where and when Lightning would show it.
+
+        Each ``self.log`` call costs Lightning's bookkeeping (about as much as a small model's
+        step on a CPU), yet a step value reaches the loggers only on the steps they write (see
+        :func:`logs_this_step`). So every term is logged on those steps, which keeps every
+        TensorBoard/CSV point of logging them all every step; on the other steps only
+        ``train/loss`` is logged, for the progress bar, at most every ``BAR_REFRESH_S`` seconds
+        (and on the first step of each epoch). ``trainer.callback_metrics`` therefore holds the
+        values of the last logged step (every step with ``trainer.log_every_n_steps=1``).
+        """
+        trainer = self._trainer
+        if trainer is None or logs_this_step(trainer):
+            for name, value in terms.items():
+                self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+            self._bar_time = time.monotonic()
+        elif trainer.progress_bar_callback is not None:
+            now = time.monotonic()
+            if now - self._bar_time >= BAR_REFRESH_S:
+                self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+                self._bar_time = now
+
+    def update_train_acc(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count this batch into the epoch's ``train/acc`` (logged in :meth:`on_train_epoch_end`)."""
+        self.train_acc.update(logits.detach(), labels)
+        self._train_acc_updated = True
+
+    def on_train_epoch_start(self) -> None:
+        self._bar_time = -math.inf
+        self._train_acc_updated = False
+
+    def on_train_epoch_end(self) -> None:
+        # the metric object: Lightning computes it (synced across processes) and resets it
+        if getattr(self, "_train_acc_updated", False):
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
 
     def _eval_step(
         self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy
@@ -130,7 +192,6 @@ class ClassifierModule(EvalModule):
     ):
         super().__init__(num_classes, optimizer, scheduler, compile)
         self.net = net
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -142,11 +203,8 @@ class ClassifierModule(EvalModule):
         logits = self.net(batch["x"])
         loss = F.cross_entropy(logits.float(), batch["y"])
         self.check_finite(loss)
-        self.train_acc(logits, batch["y"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        self.log(
-            "train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=logits.shape[0]
-        )
+        self.update_train_acc(logits, batch["y"])
+        self.log_train_terms({"loss": loss}, logits.shape[0])
         return loss
 
 
@@ -189,10 +247,12 @@ class DistillationModule(EvalModule):
         self.method = method
         self.teacher_store = teacher_store if method.uses_store else None
         self.log_agreement = bool(log_agreement)
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.num_classes = int(num_classes)
         self._positions: torch.Tensor | None = None
+        self._positions_on_table: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None
+        self._table_view: int | None = None
         self._built = False
         self.strict_loading = False  # teacher weights are not stored in our checkpoints
         self.save_hyperparameters(
@@ -257,33 +317,43 @@ class DistillationModule(EvalModule):
         """The teacher's logits for this batch's exact inputs: from the store, or online."""
         if self.teacher_store is None or self._positions is None:
             return self.teacher(batch["x"]).float()
-        pos = self._positions[batch["idx"].cpu()]
-        if bool((pos < 0).any()):
-            raise RuntimeError("a training index is not covered by the teacher store")
         view = batch.get("view") or 0
-        return self.teacher_store.gather(view, pos).to(batch["x"].device)
+        if view != self._table_view:  # not this epoch's view (a caller outside the loop)
+            pos = self._positions[batch["idx"].cpu()]
+            return self.teacher_store.gather(view, pos).to(batch["x"].device)
+        # on the table's device, no host sync; a row outside training is out of range: IndexError
+        return self._table[self._positions_on_table[batch["idx"]]].float()
 
     def _store_serves(self, epoch: int) -> bool:
         plan = self.method.plan(epoch)
         return self.teacher_store is not None and plan.teacher_logits and not plan.teacher_layers
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         if not self._store_serves(self.current_epoch):
             return
         dm = self.trainer.datamodule
+        train_idx = dm.train_idx
         if self._positions is None:
-            train_idx = dm.train_idx
-            self._positions = torch.full((dm.arrays.train_y.numel(),), -1, dtype=torch.long)
+            # row -> position in the store; rows not trained on get N (out of range), never a
+            # silent wrong row
+            self._positions = torch.full(
+                (dm.arrays.train_y.numel(),), train_idx.numel(), dtype=torch.long
+            )
             self._positions[train_idx] = torch.arange(train_idx.numel())
         view = dm.current_view() if dm.augment else 0
-        train_idx = dm.train_idx
 
         def compute(pos: torch.Tensor) -> torch.Tensor:
             x = dm.view_batch(train_idx[pos], view if dm.augment else None, device=self.device)
             with torch.inference_mode():
                 return self.teacher(x).float().cpu()
 
-        self.teacher_store.get(view, compute, progress=self.trainer.is_global_zero)
+        table = self.teacher_store.get(view, compute, progress=self.trainer.is_global_zero)
+        # the view just validated by get(), kept for the epoch on the training device (a CPU
+        # table stays a memory map): each step gathers its rows without re-reading the file
+        self._table = table.to(self.device)
+        self._table_view = view
+        self._positions_on_table = self._positions.to(self.device)
 
     # ---- steps ---------------------------------------------------------------------------
     def context(self, batch: dict[str, Any]) -> Context:
@@ -336,12 +406,9 @@ class DistillationModule(EvalModule):
         terms = self.method(ctx)
         loss = terms["loss"]
         self.check_finite(loss)
-        n = batch["x"].shape[0]
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=n)
         if ctx.labels is not None and ctx.student_logits is not None:
-            self.train_acc(ctx.student_logits, ctx.labels)
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+            self.update_train_acc(ctx.student_logits, ctx.labels)
+        self.log_train_terms(terms, batch["x"].shape[0])
         return loss
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -39,6 +39,10 @@ class _Indices(Dataset):
     def __getitem__(self, i: int) -> int:
         return int(self.indices[i])
 
+    def __getitems__(self, positions: list[int]) -> torch.Tensor:
+        # the DataLoader fetches a whole batch here: one gather, not one tensor index per sample
+        return self.indices[torch.as_tensor(positions, dtype=torch.long)]
+
 
 class _EpochSeededShuffle(RandomSampler):
     """A shuffle whose order is a pure function of (seed, epoch), not of the global RNG's state.
@@ -226,11 +230,20 @@ class ArrayDataModule(L.LightningDataModule):
         """uint8 batch -> normalised float batch; augmented when ``view`` is given and augment is on."""
         if self.augment and view is not None:
             x = random_crop_flip(x, idx, view, self.aug_seed, pad=self.pad, flip=self.flip)
-        x = x.float().div_(255.0)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self._norm_on(x.device)
+        # in place, the same operations in the same order as (x / 255 - mean) / std
+        x = x.float().div_(255.0).sub_(mean).div_(std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _norm_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` on ``device``, copied there once rather than at every batch."""
+        cached = getattr(self, "_norm_cache", None)
+        if cached is None or cached[0] != device:
+            cached = (device, self.mean.to(device), self.std.to(device))
+            self._norm_cache = cached
+        return cached[1], cached[2]
 
     def view_batch(self, idx: torch.Tensor, view: int | None, split: str = "train", device=None):
         """The exact normalised (and, for a train view, augmented) input for ``idx``, on ``device``."""
