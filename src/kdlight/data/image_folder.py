@@ -281,6 +281,13 @@ class _ViewLoader(DataLoader):
         return super().__iter__()
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 # ---- the data module ---------------------------------------------------------------------
 
 
@@ -296,7 +303,8 @@ class ImageFolderDataModule(ArrayDataModule):
         crop: ``random_resized`` (RandomResizedCrop(``scale``, ``ratio``) + flip, ImageNet's)
             or ``pad`` (evaluation image, then CIFAR's ``pad``-pixel random crop + flip on the
             batch: for small images such as Tiny-ImageNet's 64 px).
-        num_workers: DataLoader worker processes that decode and crop (0: in the main process).
+        num_workers: DataLoader worker processes that decode and crop (0: in the main process;
+            never more than the CPUs this process may use, nor than a split's batches).
         name: the dataset's name in hyper-parameters, reports and store keys.
     """
 
@@ -390,11 +398,14 @@ class ImageFolderDataModule(ArrayDataModule):
         files, labels = (a.test_files, a.test_y) if split == "test" else (a.train_files, a.train_y)
         train = split == "train"
         data = _Decoded(a.root, files, idx[split], self.geometry, train and self.augment)
+        batch = self.batch_size if train else self.eval_batch_size
+        # more workers than batches or than CPUs would only cost their start-up
+        workers = min(self.num_workers, -(-len(data) // batch), _cpus())
         return _ViewLoader(
             data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=batch,
             sampler=_EpochSeededShuffle(data) if shuffle else None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=functools.partial(
                 _collate, labels=None if train and self.unlabeled else labels, split=split
             ),
