@@ -431,8 +431,8 @@ class ImageFolderDataModule(ArrayDataModule):
         """uint8 batch (already cropped per image) -> normalised float; ``crop: pad`` pad-crops here."""
         if self.augment and view is not None and self.crop == "pad":
             x = random_crop_flip(x, idx, view, self.aug_seed, pad=self.pad, flip=self.flip)
-        x = x.float().div_(255.0)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self._norm_on(x.device)
+        x = x.float().div_(255.0).sub_(mean).div_(std)  # as ArrayDataModule.transform
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
