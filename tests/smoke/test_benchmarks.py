@@ -40,7 +40,7 @@ def _runs(case: dict) -> dict[str, dict]:
 def test_report_has_every_case_and_the_machine(quick_report):
     doc, _ = quick_report
     assert doc["quick"] is True
-    assert set(doc["cases"]) == {"fmnist_mlp", "cifar_resnet18_cnn", "sweep10"}
+    assert set(doc["cases"]) == {"fmnist_mlp", "cifar_resnet18_cnn", "sweep10", "fixed_cost"}
     assert doc["machine"]["cpu_count"] >= 1
     for case in doc["cases"].values():
         assert case["device"] == "cpu"
@@ -49,10 +49,22 @@ def test_report_has_every_case_and_the_machine(quick_report):
         assert case["ratios"]
 
 
+@pytest.mark.parametrize("name", ["fmnist_mlp", "cifar_resnet18_cnn"])
+def test_every_run_is_reported_against_the_bare_loop_and_the_targets(quick_report, name):
+    case = quick_report[0]["cases"][name]
+    others = set(case["runs"]) - {"bare_limit"}
+    assert set(case["to_limit"]) == {f"{r}_over_bare_limit" for r in others}
+    assert all(v > 0 for v in case["to_limit"].values())
+    for target in case["targets"].values():
+        assert target["ratio"] > 0 and isinstance(target["met"], bool)
+
+
 def test_fmnist_runs_train_the_same_samples_and_the_warm_store_computes_nothing(quick_report):
     case = quick_report[0]["cases"]["fmnist_mlp"]
     runs = _runs(case)
     assert set(runs) == {
+        "bare_limit",
+        "expert_kd_online",
         "plain_loop",
         "kdlight_online",
         "kdlight_store_cold",
@@ -90,6 +102,18 @@ def test_sweep_runs_share_one_store_fill(quick_report):
         (g["alpha"], g["T"]) for g in case["grid"]
     }
     assert case["ratios"]["plain_seconds_over_kdlight_seconds"] > 0
+    assert case["bound"]["teacher_pass_s"] > 0 and case["bound"]["bare_student_run"]["steps"] > 0
+    assert case["targets"]["kdlight_seconds_over_bound"]["ratio"] > 0
+
+
+def test_fixed_cost_times_the_start_up_and_the_work_between_epochs(quick_report):
+    case = quick_report[0]["cases"]["fixed_cost"]
+    fdr = case["runs"]["fdr"]
+    assert 0 < fdr["to_first_step_s"] < fdr["wall_s"]
+    small = case["runs"]["small_epochs"]
+    assert small["epochs"] == 2
+    assert len(small["outside_steps_s_per_epoch"]) == 2
+    assert all(s > 0 for s in small["outside_steps_s_per_epoch"])  # validation + checkpoints
 
 
 def test_unknown_case_is_refused():

@@ -1,0 +1,152 @@
+"""The limit: what the hardware does for these networks with no framework at all (bench_kd.py's reference).
+
+- **Bare loop** (:func:`train_bare` without a teacher): the student alone. The training images
+  are one normalised float tensor in memory (channels-last for CNNs), each batch an index
+  gather from it (a fresh ``randperm`` per epoch), augmentation (random crop + flip) as a few
+  whole-batch tensor operations, cross-entropy, backward, optimizer step. No ``DataLoader``,
+  no Lightning, no logging, no checks: nothing a step could skip.
+- **Expert KD loop** (:func:`train_bare` with a teacher): the same, with the teacher run on
+  every batch under ``torch.inference_mode()`` and Hinton's loss
+  (:func:`kdlight.methods.kd.soft_kl`): an expert's hand-written online KD loop.
+
+Only the loss math and the networks are kdlight's, so both sides train the very same models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlight.methods.kd import soft_kl
+
+
+def normalised(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    pad: int = 0,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float ``(x / 255 - mean) / std``, zero-padded by ``pad`` (in the normalised space)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = images.float().div_(255.0).sub_(m).div_(s)
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def crop_flip(xp: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random H x W crops of a batch padded by ``pad`` and random horizontal flips, in one gather."""
+    b, c, hp, wp = xp.shape
+    h, w = hp - 2 * pad, wp - 2 * pad
+    dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
+    rows = dy + torch.arange(h)
+    cols = dx + torch.arange(w)
+    flip = torch.rand(b, 1, generator=generator) < 0.5
+    cols = torch.where(flip, cols.flip(1), cols)
+    bi = torch.arange(b).view(b, 1, 1, 1)
+    ci = torch.arange(c).view(1, c, 1, 1)
+    return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_bare(
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int = 128,
+    epochs: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+    pad: int = 0,
+    channels_last: bool = False,
+    teacher: nn.Module | None = None,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+) -> dict[str, Any]:
+    """Train ``student`` on ``(x, y)`` (``x`` already normalised, padded by ``pad`` when augmenting).
+
+    Without ``teacher``: cross-entropy (the bare loop). With it: Hinton KD with the teacher
+    online every batch (the expert loop). Returns per-epoch seconds, samples and steps; an
+    epoch's clock runs from drawing its permutation to its last optimizer step.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    x, y = x.to(dev), y.to(dev)
+    student.to(dev).train()
+    if teacher is not None:
+        teacher.to(dev).eval()
+    if channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    n = y.numel()
+    epochs_out: list[dict[str, Any]] = []
+    loss = torch.zeros(())
+    for epoch in range(epochs):
+        _sync(dev)
+        start = time.perf_counter()
+        perm = torch.randperm(n, device=dev)
+        steps = 0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            xb, yb = x[idx], y[idx]
+            if pad:
+                xb = crop_flip(xb, pad)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+            logits = student(xb)
+            if teacher is None:
+                loss = F.cross_entropy(logits, yb)
+            else:
+                with torch.inference_mode():
+                    t_logits = teacher(xb)
+                loss = alpha * soft_kl(logits, t_logits.clone(), temperature) + (
+                    1.0 - alpha
+                ) * F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        _sync(dev)
+        seconds = time.perf_counter() - start
+        epochs_out.append({"epoch": epoch, "seconds": seconds, "samples": n, "steps": steps})
+    if not torch.isfinite(loss.detach()):
+        raise RuntimeError(f"the bare loop diverged (loss {float(loss)})")
+    return {"epochs": epochs_out}
+
+
+@torch.inference_mode()
+def inference_seconds(
+    net: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    device: str = "cpu",
+    channels_last: bool = False,
+) -> float:
+    """Seconds ``net`` takes to infer over ``x`` in batches (eval mode): a teacher pass at its best."""
+    dev = torch.device(device)
+    net.to(dev).eval()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    x = x.to(dev)
+    _sync(dev)
+    start = time.perf_counter()
+    for i in range(0, x.shape[0], batch_size):
+        net(x[i : i + batch_size])
+    _sync(dev)
+    return time.perf_counter() - start
