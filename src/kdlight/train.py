@@ -540,7 +540,77 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("val/acc_best", metrics.get("test/acc_best"))
 
 
-__all__ = ["main", "run", "hparams_of", "check_config", "KdlightError"]
+def misspelled_override(args: list[str], config_name: str = "train") -> str | None:
+    """One sentence when a ``key=value`` override names a key the config does not have, else None.
+
+    Hydra itself answers ``data.bach_size=3`` with a multi-line message suggesting
+    ``+data.bach_size=3`` (which then fails inside the data module); this names the nearest
+    valid key instead. Only dotted keys without ``+``/``~`` are checked, on the config composed
+    from the other overrides (experiment, group choices); anything this cannot compose is left
+    to Hydra's own report.
+    """
+    import difflib
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None  # --help, --cfg, --info, ...: Hydra's business
+    overrides = [a for a in args if not a.startswith("-")]
+    plain = [
+        o
+        for o in overrides
+        if "=" in o
+        and o[0] not in "+~"
+        and "." in o.split("=", 1)[0]
+        and not o.startswith("hydra.")
+    ]
+    if not plain:
+        return None
+    rest = [o for o in overrides if o not in plain and not o.startswith("hydra.")]
+    # a sweep's choices (distill=kd,dkd): the first decides which keys exist well enough
+    rest = [o.split(",", 1)[0] if "[" not in o else o for o in rest]
+    try:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=rest)
+    except Exception:  # noqa: BLE001 - e.g. a user's searchpath: Hydra reports it
+        return None
+    for o in plain:
+        key = o.split("=", 1)[0].lstrip("@")
+        parts = key.split(".")
+        node: Any = cfg
+        for i, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                where = ".".join(parts[:i])
+                near = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1)
+                hint = (
+                    f"did you mean {where + '.' if where else ''}{near[0]}?"
+                    if near
+                    else (
+                        f"{where or 'the config'} has {', '.join(str(k) for k in list(node.keys())[:12])}"
+                    )
+                )
+                return (
+                    f"{key} is not a setting of this config ({hint}); fix its spelling, or add a "
+                    f"new key with +{key}=..."
+                )
+            node = node[part]
+    return None
+
+
+def cli() -> None:
+    """``kdlight-train`` / ``python -m kdlight.train``: a misspelled key is one sentence, exit 2."""
+    import sys
+
+    problem = misspelled_override(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+__all__ = ["main", "cli", "run", "hparams_of", "check_config", "KdlightError"]
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -266,6 +266,12 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
             {},
             None,
         ),
+        "misspelled key": (
+            [mlp, "data.bach_size=3"],
+            ["data.bach_size", "did you mean data.batch_size"],
+            {},
+            None,
+        ),
         "store path is a file": (
             [kd, f"paths.store_dir={afile}"],
             [str(afile), "a file"],
@@ -426,6 +432,7 @@ NAMES = [
     "batch size not a number",
     "seed not a number",
     "misspelled key added with +",
+    "misspelled key",
     "store path is a file",
     "teacher checkpoint is a folder",
     "corrupt (truncated) checkpoint",
@@ -449,6 +456,7 @@ BEFORE_ANY_WORK = {
     "batch size not a number",
     "seed not a number",
     "misspelled key added with +",
+    "misspelled key",
     "store path is a file",
     "run folder holds a finished run",
     "resume without a checkpoint",
