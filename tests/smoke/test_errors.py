@@ -657,8 +657,12 @@ def test_two_processes_never_train_in_one_run_folder(tmp_path):
         "+callbacks.slow.seconds=3",
         f"+callbacks.slow.progress={progress}",
     ]
+    # many slow epochs: the first must outlive the second's start-up on a loaded machine (it is killed)
     first = start_cli(
-        cli_args(run_dir, store, "+experiment=mnist_mlp", *slow), tmp_path, env, tmp_path / "1.log"
+        cli_args(run_dir, store, "+experiment=mnist_mlp", "trainer.max_epochs=100", *slow),
+        tmp_path,
+        env,
+        tmp_path / "1.log",
     )
     try:
         wait_for(lambda: progress_of(progress) >= (0, 0), 300, first)
