@@ -171,7 +171,9 @@ CONFIGS = {
 
 
 def test_every_cifar_model_config_builds_the_named_network():
-    with initialize_config_dir(config_dir=str(ROOT / "src" / "kdlight" / "conf"), version_base="1.3"):
+    with initialize_config_dir(
+        config_dir=str(ROOT / "src" / "kdlight" / "conf"), version_base="1.3"
+    ):
         for name, (cls, count) in CONFIGS.items():
             cfg = compose(config_name=f"model/{name}", overrides=["+data.num_classes=10"])
             model = instantiate(cfg.model)
