@@ -31,9 +31,7 @@ def test_fitnets_hint_stage_then_kd_stage_with_logits_from_the_store(make_cfg, t
     )  # fmt: skip
     metrics = run(cfg)
     assert metrics["status"] == "finished" and metrics["epochs"] == 2
-    assert (
-        metrics["hparams"]["method"] == "fitnets" and metrics["hparams"]["hint_epochs"] == 1
-    )
+    assert metrics["hparams"]["method"] == "fitnets" and metrics["hparams"]["hint_epochs"] == 1
     stage1, stage2 = recorder.RECORDS[:3], recorder.RECORDS[3:]
     assert len(stage2) == 3
     assert all("train/loss_hint" in r and "train/loss_kd" not in r for r in stage1)
