@@ -108,7 +108,7 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
     folder = Path(to_absolute_path(cfg.paths.store_dir)) / "teachers" / h
     path = folder / "teacher.pt"
     # teacher.pt appears atomically: a valid one is complete, and a read-only store serves it
-    meta = _read_valid(path, h)
+    meta = _read_valid(path, h, warn=False)  # judged (and reported) again under the lock
     with file_lock(folder / "train.lock") if meta is None else contextlib.nullcontext():
         meta = meta or _read_valid(path, h)
         if meta is None:
@@ -136,7 +136,7 @@ def train_or_reuse(cfg: DictConfig, net: nn.Module, datamodule) -> dict[str, Any
     return {"source": str(path), **{k: meta[k] for k in ("val_acc", "test_acc") if k in meta}}
 
 
-def _read_valid(path: Path, h: str) -> dict[str, Any] | None:
+def _read_valid(path: Path, h: str, warn: bool = True) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -144,7 +144,8 @@ def _read_valid(path: Path, h: str) -> dict[str, Any] | None:
         meta = blob["kdlight"]
         return meta if meta.get("key_hash") == h else None
     except Exception:  # an unreadable store entry is retrained, never trusted
-        log.warning("ignoring unreadable stored teacher %s", path)
+        if warn:
+            log.warning("ignoring unreadable stored teacher %s", path)
         return None
 
 
