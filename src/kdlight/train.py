@@ -123,10 +123,22 @@ def check_config(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment described by ``cfg``; return the metrics written to ``metrics.json``."""
-    check_config(cfg)
     out = Path(cfg.paths.output_dir)
-    check_resume(cfg, out)
     metrics_path = out / "metrics.json"
+    try:
+        check_config(cfg)
+    except KdlightError as exc:
+        # a sweep's report lists the job as failed; a folder that holds a run is never touched
+        if out.is_dir() and not metrics_path.exists() and rank_zero_only.rank == 0:
+            try:
+                hp_seen = hparams_of(cfg)
+            except Exception:  # noqa: BLE001 - the config is what failed
+                hp_seen = {"experiment": cfg.get("name"), "seed": cfg.get("seed")}
+            atomic_write_json(
+                metrics_path, {"status": "failed", "hparams": hp_seen, "error": str(exc)}
+            )
+        raise
+    check_resume(cfg, out)
     hp = hparams_of(cfg)
     started = time.time()
 
