@@ -251,12 +251,30 @@ def distributions_figure(
 
 
 def bars_figure(
-    labels: Sequence[str], values: Sequence[float], *, title: str, ylabel: str
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    ylabel: str,
+    errors: Sequence[float] | None = None,
+    hlines: dict[str, float] | None = None,
 ) -> Figure:
-    """A plain bar chart (e.g. per-class accuracy)."""
-    fig = new_figure(max(4.0, 0.45 * len(labels) + 1.5), 3.5)
+    """A bar chart (per-class accuracy; methods side by side with error bars and dashed references)."""
+    fig = new_figure(max(6.0 if hlines else 4.0, 0.45 * len(labels) + 1.5), 4.0 if hlines else 3.5)
     ax = fig.add_subplot()
-    ax.bar(range(len(labels)), values, color="tab:blue")
+    ax.bar(range(len(labels)), values, color="tab:blue", yerr=errors, capsize=3 if errors else 0)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, linestyle="--", color=f"C{i + 1}", label=name)
+    if hlines:
+        low = min([*values, *hlines.values()])
+        high = max(
+            [
+                *(v + (e or 0) for v, e in zip(values, errors or [0] * len(values), strict=True)),
+                *hlines.values(),
+            ]
+        )
+        ax.set_ylim(low - 0.1 * (high - low + 1), high + 0.1 * (high - low + 1))
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(labels)), labels=list(labels), rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

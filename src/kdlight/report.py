@@ -519,8 +519,71 @@ def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = N
     from kdlight import plots
 
     x_key, y_key = choose_axes(rows, axes)
-    if not x_key:
+    written = _grid_figures(rows, out, x_key, y_key, plots) if x_key else []
+    if not written:
+        written = _methods_figure(rows, out, plots)
+    return written
+
+
+def _references(rows: Sequence[Row], members: Sequence[Row]) -> dict[str, float]:
+    """Dashed lines: the student-alone baselines on the same data and student, and the teachers."""
+    refs = {}
+    for b in rows:
+        if b.hparams.get("method") != "none" or b.stats["test/acc_best"].mean is None:
+            continue
+        if all(
+            _same(b.hparams.get(k), members[0].hparams.get(k))
+            for k in ("data", "student")
+            if k in b.hparams
+        ):
+            refs[
+                f"student alone ({_fmt(b.hparams.get('experiment'))}, lr={_fmt(b.hparams.get('lr'))}) "
+                f"{100 * b.stats['test/acc_best'].mean:.2f}%"
+            ] = 100 * b.stats["test/acc_best"].mean
+    for t in teachers_of([run for r in members for run in r.runs]):
+        if t.test_acc is not None:
+            refs[f"teacher ({_fmt(t.name)}) {100 * t.test_acc:.2f}%"] = 100 * t.test_acc
+    return refs
+
+
+def _methods_figure(rows: Sequence[Row], out: Path, plots) -> list[Path]:
+    """Methods side by side (``methods.png``) when several distillation methods were run."""
+    kd = [
+        r
+        for r in rows
+        if r.hparams.get("method") not in (None, "none")
+        and r.stats["test/acc_best"].mean is not None
+    ]
+    if len({r.hparams.get("method") for r in kd}) < 2:
         return []
+    varying = [
+        k for k in varying_keys([r.hparams for r in kd]) if k not in ("method", "experiment")
+    ]
+    labels = []
+    for r in kd:
+        same = [o for o in kd if o.hparams.get("method") == r.hparams.get("method")]
+        extra = [
+            f"{_label(k)}={_fmt(r.hparams.get(k))}"
+            for k in varying
+            if len({_hashable(o.hparams.get(k, _Absent)) for o in same}) > 1
+        ]
+        labels.append(" ".join([str(r.hparams.get("method")), *extra]))
+    stats = [r.stats["test/acc_best"] for r in kd]
+    fig = plots.bars_figure(
+        labels,
+        [100 * s.mean for s in stats],
+        errors=[100 * (s.std or 0.0) for s in stats],
+        hlines=_references(rows, kd),
+        title="Test acc (val-best ckpt) per method; bars: std over seeds",
+        ylabel="test acc (%)",
+    )
+    return [plots.save(fig, out / "methods.png")]
+
+
+def _grid_figures(
+    rows: Sequence[Row], out: Path, x_key: str, y_key: str | None, plots
+) -> list[Path]:
+    """The heat maps and curves of :func:`write_figures` for axes ``x_key`` / ``y_key``."""
     kd = [
         r
         for r in rows
@@ -542,11 +605,6 @@ def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = N
     groups: dict[tuple, list[Row]] = {}
     for r in kd:
         groups.setdefault(tuple(_hashable(r.hparams.get(k)) for k in others), []).append(r)
-    baselines = [
-        r
-        for r in rows
-        if r.hparams.get("method") == "none" and r.stats["test/acc_best"].mean is not None
-    ]
     xl, yl = _label(x_key), _label(y_key) if y_key else ""
     written: list[Path] = []
     for members in groups.values():
@@ -558,7 +616,7 @@ def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = N
         x_vals = sorted({t for _, t in cell})
         at = cell.get
 
-        if y_key is not None and len(ys) > 1 and len(xs) > 1:
+        if y_key is not None and len(y_vals) > 1 and len(x_vals) > 1:
             grid = [
                 [
                     100 * at((a, t)).stats["test/acc_best"].mean if at((a, t)) else math.nan
@@ -576,7 +634,7 @@ def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = N
                 cbar_label="test acc (%)",
             )
             written.append(plots.save(fig, out / f"heatmap_{yl}_{xl}{suffix}.png"))
-        if len(xs) > 1:
+        if len(x_vals) > 1:
             series = {}
             for a in y_vals:
                 pts = sorted(
@@ -588,20 +646,7 @@ def write_figures(rows: Sequence[Row], out: Path, axes: Sequence[str] | None = N
                     [100 * s.mean for _, s in pts],
                     [100 * (s.std or 0.0) for _, s in pts],
                 )
-            refs = {}
-            for b in baselines:
-                if all(
-                    _same(b.hparams.get(k), members[0].hparams.get(k))
-                    for k in ("data", "student")
-                    if k in b.hparams
-                ):
-                    refs[
-                        f"student alone ({_fmt(b.hparams.get('experiment'))}, lr={_fmt(b.hparams.get('lr'))}) "
-                        f"{100 * b.stats['test/acc_best'].mean:.2f}%"
-                    ] = 100 * b.stats["test/acc_best"].mean
-            for t in teachers_of([run for r in members for run in r.runs]):
-                if t.test_acc is not None:
-                    refs[f"teacher ({_fmt(t.name)}) {100 * t.test_acc:.2f}%"] = 100 * t.test_acc
+            refs = _references(rows, members)
             fig = plots.lines_with_errorbars(
                 series,
                 title=f"Test acc of the val-best checkpoint vs {x_key}{where}; bars: std over seeds",

@@ -301,3 +301,22 @@ def test_no_teacher_section_without_distillation_runs(tmp_path):
     rep = report.build_report(tmp_path / "runs", tmp_path / "out")
     assert report.teachers_of(rep.runs) == []
     assert "## Teachers" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_method_comparison_draws_methods_side_by_side(tmp_path):
+    write_run(tmp_path, "b", {**BASE, "method": "none", "seed": 0}, acc(0.6))
+    for i, (method, extra) in enumerate(
+        [("kd", {"alpha": 0.9}), ("dkd", {"beta": 8.0}), ("dist", {})]
+    ):
+        for seed in (0, 1):
+            hp = {
+                **BASE,
+                "method": method,
+                "teacher": "T",
+                "temperature": 4.0,
+                **extra,
+                "seed": seed,
+            }
+            write_run(tmp_path, f"{i}-{seed}", hp, acc(0.7 + i / 100 + seed / 1000))
+    rep = report.build_report(tmp_path)
+    assert [p.name for p in rep.figures] == ["methods.png"]
