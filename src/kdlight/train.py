@@ -84,12 +84,17 @@ def _model_name(node: DictConfig) -> str:
     return name
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail early, before any work, on inconsistent settings."""
+def check_config(cfg: DictConfig):
+    """Fail early, before any work, on inconsistent settings; return the built method (or None).
+
+    The method's constructor checks its own settings, so it is built here once and the run
+    uses this instance.
+    """
     check_keys(cfg)
     check_values(cfg)
     distill = cfg.get("distill")
     unlabeled = bool(cfg.data.get("unlabeled", False))
+    method = None
     if distill is None and unlabeled:
         raise ConfigError(
             "data.unlabeled=true but no distillation is configured; cross-entropy training needs "
@@ -119,6 +124,7 @@ def check_config(cfg: DictConfig) -> None:
                 f"trainer.strategy={strategy} cannot run inside a Hydra multirun (each extra process "
                 "would start the whole sweep again); use trainer.strategy=ddp_spawn for sweeps."
             )
+    return method
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -126,7 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     metrics_path = out / "metrics.json"
     try:
-        check_config(cfg)
+        method = check_config(cfg)
     except KdlightError as exc:
         # a sweep's report lists the job as failed; a folder that holds a run is never touched
         if out.is_dir() and not metrics_path.exists() and rank_zero_only.rank == 0:
@@ -148,7 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     write(metrics_path, {"status": "running", "hparams": hp})
     try:
-        metrics = _run(cfg, out, hp)
+        metrics = _run(cfg, out, hp, method)
     except BaseException as exc:
         user = find_user_error(exc)
         write(
@@ -167,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
+def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
@@ -194,7 +200,6 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any]) -> dict[str, Any]:
         from kdlight.engine import DistillationModule
         from kdlight.teacher import build_teacher
 
-        method = instantiate_method(cfg.distill)
         teacher, info = build_teacher(cfg, datamodule)
         if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -46,7 +46,7 @@ def test_every_method_runs(method, make_cfg):
         )
     )
     assert metrics["status"] == "finished"
-    assert metrics["hparams"]["method"] == ("kd" if method == "hinton" else method)
+    assert metrics["hparams"]["method"] == method
     assert 0.0 <= metrics["test/acc_last"] <= 1.0
 
 
@@ -60,7 +60,7 @@ def _losses(make_cfg, *overrides, store_dir):
     return [{k: v for k, v in r.items() if k != "train/acc"} for r in recorder.RECORDS]
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("hinton", "data_free")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "data_free"])
 def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_path):
     store = tmp_path / "shared-store"
     common = (
