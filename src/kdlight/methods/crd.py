@@ -17,6 +17,18 @@ another class, RepDistiller's "exact" sampling) and N training samples:
 to mean(exp(.)) * N of that step (the code's normalisation constants). After each step the
 banks move towards the batch: m[i] <- normalise(momentum * m[i] + (1 - momentum) * v(i)).
 Defaults: K 16384, tau 0.07, momentum 0.5, d 128, beta 0.8 (RepDistiller, mdistiller).
+
+Under DDP (a ``torch.distributed`` process group of W > 1 ranks, e.g. ``trainer=ddp`` /
+``ddp_cpu``) every step all-gathers the sample indices and embeddings of every rank's batch
+(in rank order) and moves the banks towards all of them, so every rank holds the same banks,
+equal to those of one process training on the union of the ranks' batches. Z_s, Z_t are
+averaged over the union of the first step's batches. The negatives are drawn for the union
+batch, by each rank from its own generator, and each rank keeps the rows of its own anchors:
+with equal generator states (Lightning's ``seed_everything`` seeds every rank alike) the
+draws are identical on every rank and equal to one process's draw for the union batch; with
+unequal states each rank's rows are still a valid draw from the shared banks. A sample in
+two ranks' batches of one step (DistributedSampler's padding) moves its rows once, towards
+the embedding of the lowest rank.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -42,6 +55,34 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
     log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + EPS))
     log_neg = torch.log(noise / (scores[:, 1:] + noise + EPS))
     return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x: torch.Tensor, world: int) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's ``x`` (N_r, ...) concatenated in rank order, and the N_r (ranks may differ)."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(c) for c in sizes]
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]), counts
+
+
+def _first_occurrences(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values of ``pos`` and, for each, the index of its first occurrence."""
+    unique, inverse = torch.unique(pos, return_inverse=True)
+    order = torch.arange(pos.numel(), device=pos.device)
+    first = torch.full_like(unique, pos.numel()).scatter_reduce_(0, inverse, order, "amin")
+    return unique, first
 
 
 class CRD(FeatureKD):
@@ -163,16 +204,40 @@ class CRD(FeatureKD):
             raise RuntimeError("a training index is not in CRD's memory bank (not a training row)")
         v_s = F.normalize(self.embed_s(flat(student[0])), dim=1)
         v_t = F.normalize(self.embed_t(flat(teacher[0])), dim=1)
-        rows = self.sample(pos)
+        rank, world = _world()
+        if world > 1:  # the union batch, in rank order: float64 holds positions < 2^53 exactly
+            packed = torch.cat(
+                [pos[:, None].double(), v_s.detach().double(), v_t.detach().double()], 1
+            )
+            union, counts = gather_rows(packed, world)
+            start = sum(counts[:rank])
+            rows = self.sample(union[:, 0].long())[start : start + pos.shape[0]]
+        else:
+            rows = self.sample(pos)
         out_s = torch.exp(torch.bmm(self.memory_t[rows], v_s[:, :, None]).squeeze(2) / self.nce_t)
         out_t = torch.exp(torch.bmm(self.memory_s[rows], v_t[:, :, None]).squeeze(2) / self.nce_t)
         with torch.no_grad():
-            if self.z_s < 0:
-                self.z_s.fill_(out_s.mean().item() * self.num_data)
-            if self.z_t < 0:
-                self.z_t.fill_(out_t.mean().item() * self.num_data)
+            if self.z_s < 0 or self.z_t < 0:
+                if world > 1:  # the mean over the union of the ranks' first batches
+                    sums = torch.stack([out_s.sum(), out_t.sum()]).double()
+                    sums = torch.cat([sums, sums.new_tensor([out_s.numel(), out_t.numel()])])
+                    dist.all_reduce(sums)
+                    mean_s, mean_t = (sums[0] / sums[2]).item(), (sums[1] / sums[3]).item()
+                else:
+                    mean_s, mean_t = out_s.mean().item(), out_t.mean().item()
+                if self.z_s < 0:
+                    self.z_s.fill_(mean_s * self.num_data)
+                if self.z_t < 0:
+                    self.z_t.fill_(mean_t * self.num_data)
         loss = nce_loss(out_s / self.z_s, self.num_data) + nce_loss(out_t / self.z_t, self.num_data)
         with torch.no_grad():
+            if world > 1:
+                pos, first = _first_occurrences(union[:, 0].long())
+                d = self.feat_dim
+                v_s, v_t = (
+                    union[first, 1 : 1 + d].to(v_s.dtype),
+                    union[first, 1 + d :].to(v_t.dtype),
+                )
             for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                 moved = bank[pos] * self.nce_m + v.detach() * (1.0 - self.nce_m)
                 bank[pos] = F.normalize(moved, dim=1)
