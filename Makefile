@@ -18,7 +18,7 @@ install: $(STAMP) ## create .venv and install kdlight with its dev, sweep, expor
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sweep,export,loggers,timm]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export,loggers,timm,shards]'
 	touch $(STAMP)
 
 data: ## get Fashion-MNIST (Debian's dataset-fashion-mnist when root; else torchvision downloads it)

@@ -9,13 +9,15 @@ the centre ``image_size`` crop. ``crop: pad`` (for small images, e.g. Tiny-Image
 instead takes the evaluation image and applies CIFAR's pad-crop + flip to the whole batch.
 Either way the input of (view, index) is a pure function of the data and the settings, so
 the teacher store (:mod:`kdlight.store`) serves exact teacher outputs; :meth:`view_batch`
-decodes the files a store fill asks for.
+decodes the files a store fill asks for. ``shards`` reads the same samples from LitData shards
+written by ``kdlight-shards convert`` (:mod:`kdlight.data.shards`) instead of the files.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -172,15 +174,26 @@ def image_files(root: Path, train: tuple, test: tuple, classes: list[str]) -> Im
 # ---- decoding (in DataLoader workers, and for view_batch) ----------------------------------
 
 
-def decode_rgb(path: Path) -> Image.Image:
-    """Open and decode one JPEG/PNG as RGB, or raise DataError naming it."""
+def decode_rgb(path: Path | io.BytesIO, name: str | None = None) -> Image.Image:
+    """Open and decode one JPEG/PNG (a file, or its bytes) as RGB, or raise DataError naming it."""
     try:
         with Image.open(path, formats=("JPEG", "PNG")) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(
-            f"image {path} is corrupt or not a JPEG/PNG ({exc}); replace or remove it."
+            f"image {name or path} is corrupt or not a JPEG/PNG ({exc}); replace or remove it."
         ) from exc
+
+
+class FolderImages:
+    """``images(i)``: the file ``root/files[i]`` decoded to RGB (a picklable callable)."""
+
+    def __init__(self, root: str, files: np.ndarray) -> None:
+        self.root = Path(root)
+        self.files = files
+
+    def __call__(self, i: int) -> Image.Image:
+        return decode_rgb(self.root / self.files[i].decode())
 
 
 @dataclass(frozen=True)
@@ -229,13 +242,14 @@ class Geometry:
 
 
 class _Decoded(Dataset):
-    """Items ``(index, uint8 image, view)`` for the sample indices ``indices``; ``view`` set per epoch."""
+    """Items ``(index, uint8 image, view)`` for the sample indices ``indices``; ``view`` set per epoch.
 
-    def __init__(
-        self, root: str, files: np.ndarray, indices: torch.Tensor, geometry: Geometry, train: bool
-    ) -> None:
-        self.root = Path(root)
-        self.files = files
+    ``images(i)``: sample ``i`` as a PIL image (:class:`FolderImages` or
+    :class:`~kdlight.data.shards.ShardImages`).
+    """
+
+    def __init__(self, images, indices: torch.Tensor, geometry: Geometry, train: bool) -> None:
+        self.images = images
         self.indices = indices
         self.geometry = geometry
         self.train = train  # only training images are augmented
@@ -247,8 +261,7 @@ class _Decoded(Dataset):
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor, int | None]:
         i = int(self.indices[k])
         view = self.view if self.train else None
-        img = decode_rgb(self.root / self.files[i].decode())
-        return i, self.geometry(img, i, view), view
+        return i, self.geometry(self.images(i), i, view), view
 
 
 def _collate(items, labels: torch.Tensor | None, split: str) -> dict[str, Any]:
@@ -306,6 +319,8 @@ class ImageFolderDataModule(ArrayDataModule):
         num_workers: DataLoader worker processes that decode and crop (0: in the main process;
             never more than the CPUs this process may use, nor than a split's batches).
         name: the dataset's name in hyper-parameters, reports and store keys.
+        shards: a folder written by ``kdlight-shards convert`` (LitData shards of such a tree):
+            read instead of ``root``, giving the same samples, labels and inputs (None: ``root``).
     """
 
     name = "image_folder"
@@ -324,6 +339,7 @@ class ImageFolderDataModule(ArrayDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         num_classes: int = 1000,
+        shards: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(mean=mean, std=std, num_classes=num_classes, **kwargs)
@@ -346,6 +362,7 @@ class ImageFolderDataModule(ArrayDataModule):
         if int(num_workers) < 0:
             raise ConfigError(f"data.num_workers={num_workers} is invalid; it must be >= 0.")
         self.root = str(root)
+        self.shards = str(shards) if shards not in (None, "") else None
         self.image_size = size
         self.eval_resize = resize
         self.crop = crop
@@ -370,8 +387,26 @@ class ImageFolderDataModule(ArrayDataModule):
         return image_files(root, (tr_files, tr_y), (te_files, te_y), classes)
 
     def load_files(self) -> ImageFiles:
+        if self.shards is not None:
+            from kdlight.data.shards import read_manifest
+
+            return read_manifest(self.shards)
         # no cache across data modules: a scan reads directory entries only (ImageNet: seconds)
         return self.scan(check_root(self.root, self.layout))
+
+    def images(self, split: str):
+        """A picklable callable: sample index of ``split`` -> PIL image, from the files or the shards."""
+        a = self.arrays
+        files = a.test_files if split == "test" else a.train_files
+        if self.shards is None:
+            return FolderImages(a.root, files)
+        from kdlight.data.shards import SPLIT_DIRS, ShardImages
+
+        key = "test" if split == "test" else "train"
+        cache = self.__dict__.setdefault("_shard_images", {})
+        if key not in cache:  # one reader per split: it keeps its StreamingDataset open
+            cache[key] = ShardImages(Path(a.root) / SPLIT_DIRS[key], files)
+        return cache[key]
 
     def load_arrays(self) -> ImageFiles:
         return self.load_files()
@@ -383,7 +418,7 @@ class ImageFolderDataModule(ArrayDataModule):
         n_cls = len(files.classes)
         if n_cls > self.num_classes:
             raise DataError(
-                f"{self.root} has {n_cls} classes but data.num_classes={self.num_classes}; "
+                f"{self.shards or self.root} has {n_cls} classes but data.num_classes={self.num_classes}; "
                 f"set data.num_classes={n_cls}."
             )
         self.arrays = files
@@ -395,9 +430,9 @@ class ImageFolderDataModule(ArrayDataModule):
         self.setup()
         a = self.arrays
         idx = {"train": self.train_idx, "val": self.val_idx, "test": torch.arange(a.test_y.numel())}
-        files, labels = (a.test_files, a.test_y) if split == "test" else (a.train_files, a.train_y)
+        labels = a.test_y if split == "test" else a.train_y
         train = split == "train"
-        data = _Decoded(a.root, files, idx[split], self.geometry, train and self.augment)
+        data = _Decoded(self.images(split), idx[split], self.geometry, train and self.augment)
         batch = self.batch_size if train else self.eval_batch_size
         # more workers than batches or than CPUs would only cost their start-up
         workers = min(self.num_workers, -(-len(data) // batch), _cpus())
@@ -440,13 +475,11 @@ class ImageFolderDataModule(ArrayDataModule):
     def decode(self, idx: torch.Tensor, view: int | None, split: str = "train") -> torch.Tensor:
         """The uint8 (B, 3, S, S) images of ``idx`` as a loader worker makes them, decoded on threads."""
         self.setup()
-        a = self.arrays
-        files = a.test_files if split == "test" else a.train_files
+        images = self.images(split)
         view = view if split == "train" and self.augment else None
-        root = Path(a.root)
 
         def one(i: int) -> torch.Tensor:
-            return self.geometry(decode_rgb(root / files[i].decode()), i, view)
+            return self.geometry(images(i), i, view)
 
         if self._pool is None:  # PIL decodes and resizes without the GIL
             self._pool = ThreadPoolExecutor(max(1, self.num_workers))
@@ -494,6 +527,11 @@ class ImageFolderDataModule(ArrayDataModule):
 
     def fingerprint(self) -> str:
         """A short hash of the training files: names, labels, and size + mtime of a strided sample."""
+        if self._fingerprint is None and self.shards is not None:
+            from kdlight.data.shards import fingerprint
+
+            self.setup()
+            self._fingerprint = fingerprint(self.arrays.root, self.arrays)
         if self._fingerprint is None:
             self.setup()
             a = self.arrays
