@@ -15,7 +15,7 @@ import torch
 from kdlight.data import shards as sh
 from kdlight.data.image_folder import ImageFolderDataModule
 from kdlight.data.tiny_imagenet import TinyImageNetDataModule
-from kdlight.errors import ConfigError, DataError, KdlightError
+from kdlight.errors import DataError, KdlightError
 from tests.conftest import write_class_images, write_tiny_imagenet
 
 pytest.importorskip("litdata")
@@ -80,8 +80,8 @@ def test_shards_hold_the_folders_samples_labels_and_bytes_in_order(tree, out):
         names, labels = listing(split)
         assert [f.decode() for f in files] == names and ys.tolist() == labels
     assert len(a.train_files) == 200 and len(a.test_files) == 15
-    train = sh.ShardImages(out / "train", a.train_files)
-    test = sh.ShardImages(out / "val", a.test_files)
+    train = sh.ShardImages(out, "train", a.train_files)
+    test = sh.ShardImages(out, "test", a.test_files)
     for i in (0, 1, 77, 199):  # the file's own bytes: nothing re-encoded
         assert train.read(i) == (tree / a.train_files[i].decode()).read_bytes()
     assert test.read(14) == (tree / a.test_files[14].decode()).read_bytes()
@@ -208,7 +208,7 @@ def test_a_shard_holding_pickles_is_refused_without_unpickling(out, tmp_path):
     with pytest.raises(DataError, match="shards of another layout"):
         module(None, bad).setup()
     # even past the manifest check, the reader has no pickle deserialiser
-    reader = sh.ShardImages(bad / "train", module(None, out).load_files().train_files)
+    reader = sh.ShardImages(bad, "train", module(None, out).load_files().train_files)
     with pytest.raises(DataError, match="'pickle' items, which kdlight does not read"):
         reader.read(0)
     assert not marker.exists()
@@ -280,8 +280,23 @@ def test_reading_errors_name_the_folder(out, tmp_path):
         module(None, broken).setup()
     with pytest.raises(DataError, match=r"has 5 classes but data.num_classes=3"):
         module(None, out, num_classes=3).setup()
-    with pytest.raises(ConfigError, match="is a URL; kdlight reads shards from a local or mounted"):
-        module(None, "s3://bucket/shards").setup()
+    with pytest.raises(DataError, match=r"data.shards=local:.*nope could not be read"):
+        module(None, f"local:{tmp_path / 'nope'}").setup()
+
+
+def test_remote_shards_are_downloaded_and_read_alike(tree, out, tmp_path, monkeypatch):
+    """A URL goes through LitData's downloader (``local:`` is its test backend, as s3:// or gs://)."""
+    monkeypatch.setenv("KDLIGHT_CACHE_DIR", str(tmp_path / "cache"))
+    url = f"local:{out}"
+    remote, folder = module(None, url, num_workers=2), module(tree)
+    epoch(remote, 2)
+    epoch(folder, 2)
+    got, ref = by_index(remote), by_index(folder)
+    assert got.keys() == ref.keys()
+    assert all(torch.equal(got[i][0], ref[i][0]) and got[i][1] == ref[i][1] for i in ref)
+    assert remote.arrays.root == url and remote.fingerprint() == module(None, out).fingerprint()
+    cached = {p.name for p in (tmp_path / "cache" / "shards").rglob("*") if p.is_file()}
+    assert sh.MANIFEST in cached and any(n.endswith(".bin") for n in cached)  # chunks downloaded
 
 
 def test_a_corrupt_image_in_a_shard_is_named(tree, tmp_path):

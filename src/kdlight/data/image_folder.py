@@ -400,12 +400,12 @@ class ImageFolderDataModule(ArrayDataModule):
         files = a.test_files if split == "test" else a.train_files
         if self.shards is None:
             return FolderImages(a.root, files)
-        from kdlight.data.shards import SPLIT_DIRS, ShardImages
+        from kdlight.data.shards import ShardImages
 
         key = "test" if split == "test" else "train"
         cache = self.__dict__.setdefault("_shard_images", {})
         if key not in cache:  # one reader per split: it keeps its StreamingDataset open
-            cache[key] = ShardImages(Path(a.root) / SPLIT_DIRS[key], files)
+            cache[key] = ShardImages(a.root, key, files)
         return cache[key]
 
     def load_arrays(self) -> ImageFiles:

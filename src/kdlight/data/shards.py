@@ -9,9 +9,15 @@ classes, file names and labels, so a data module knows every label without readi
 
 ``data=image_folder data.shards=OUT`` then reads item ``i`` with LitData's ``StreamingDataset``
 (random access by index) and applies the folder's transforms, splits and (seed, view, index)
-augmentation unchanged. Reading never runs code from the shards: only LitData's ``int`` and
-``bytes`` deserialisers are enabled (every other one, ``pickle`` included, is replaced by one
-that refuses), and each split's ``index.json`` must declare exactly the item layout above.
+augmentation unchanged. ``OUT`` may be a folder (local or mounted) or, once uploaded as is
+(e.g. ``aws s3 sync OUT s3://bucket/OUT``), a URL LitData downloads from (``s3://``, ``gs://``,
+``azure://``, ``r2://``; ``local:PATH`` goes through the same code): the manifest and index
+files are fetched afresh at setup, chunks on demand, into ``$KDLIGHT_CACHE_DIR/shards``
+(default ``~/.cache/kdlight/shards``).
+
+Reading never runs code from the shards: only LitData's ``int`` and ``bytes`` deserialisers are
+enabled (every other one, ``pickle`` included, is replaced by one that refuses), and each
+split's ``index.json`` must declare exactly the item layout above.
 """
 
 from __future__ import annotations
@@ -217,13 +223,57 @@ def _refusing_serializers() -> dict[str, Any]:
     return out
 
 
-def _not_shards(path: Path, why: str) -> DataError:
+def is_remote(location: str) -> bool:
+    """True for an object-store URL LitData downloads from (``s3://``, ``gs://``, ``local:`` ...)."""
+    return "://" in location or location.startswith("local:")
+
+
+def split_location(location: str, split: str) -> str:
+    """Where ``split``'s shards are: ``location/train`` or ``location/val``, a path or a URL."""
+    sub = SPLIT_DIRS[split]
+    return f"{location.rstrip('/')}/{sub}" if is_remote(location) else str(Path(location) / sub)
+
+
+def _cache_for(location: str) -> Path:
+    """The local folder for remote shards' metadata and downloaded chunks (``$KDLIGHT_CACHE_DIR``)."""
+    from kdlight.data.sources import default_cache_dir
+
+    return default_cache_dir() / "shards" / hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+def _fetch_meta(location: str) -> Path:
+    """Download remote shards' manifest and index files (afresh) into the cache; that folder.
+
+    The chunks themselves are downloaded by LitData when an image needs them.
+    """
+    _litdata()
+    from litdata.streaming.downloader import get_downloader
+
+    meta = _cache_for(location) / "meta"
+    for name in [MANIFEST, *(f"{sub}/index.json" for sub in SPLIT_DIRS.values())]:
+        local = meta / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(f"{local.name}.part-{os.getpid()}")
+        try:
+            downloader = get_downloader(location, str(meta), [])
+            downloader.download_file(f"{location.rstrip('/')}/{name}", str(part))
+        except Exception as exc:  # noqa: BLE001 - any backend's failure is the same user error
+            raise _not_shards(location, f"could not be read ({name}: {exc})") from exc
+        os.replace(part, local)
+    return meta
+
+
+def _meta_dir(location: str) -> Path:
+    return _cache_for(location) / "meta" if is_remote(location) else Path(location).expanduser()
+
+
+def _not_shards(path: Path | str, why: str) -> DataError:
     return DataError(
         f"data.shards={path} {why}; set it to a folder written by kdlight-shards convert SRC OUT."
     )
 
 
-def _check_index(folder: Path, count: int, shards: Path) -> dict[str, Any]:
+def _check_index(folder: Path, count: int, shards: Path | str) -> dict[str, Any]:
     """Read ``folder/index.json``; refuse any item layout but kdlight's and chunk names with paths."""
     try:
         index = json.loads((folder / "index.json").read_text())
@@ -251,20 +301,17 @@ def read_manifest(shards: str | os.PathLike):
     from kdlight.data.image_folder import image_files
 
     text = str(shards)
-    if "://" in text:
-        raise ConfigError(
-            f"data.shards={text} is a URL; kdlight reads shards from a local or mounted folder "
-            "(mount the bucket, e.g. with s3fs or gcsfuse, or copy the shards)."
-        )
-    path = Path(text).expanduser()
+    remote = is_remote(text)
+    path = _fetch_meta(text) if remote else Path(text).expanduser()
+    where = text if remote else path  # what messages name
     if not path.is_dir():
-        raise _not_shards(path, "does not exist or is not a folder")
+        raise _not_shards(where, "does not exist or is not a folder")
     try:
         m = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError as exc:
-        raise _not_shards(path, f"holds no {MANIFEST}") from exc
+        raise _not_shards(where, f"holds no {MANIFEST}") from exc
     except (OSError, ValueError) as exc:
-        raise _not_shards(path, f"has an unreadable {MANIFEST} ({exc})") from exc
+        raise _not_shards(where, f"has an unreadable {MANIFEST} ({exc})") from exc
     try:
         if m["format"] != FORMAT or int(m["version"]) > VERSION:
             raise ValueError(f"format {m['format']!r} version {m['version']}")
@@ -277,18 +324,19 @@ def read_manifest(shards: str | os.PathLike):
                 raise ValueError(f"split {split} is inconsistent")
             if min(labels) < 0 or max(labels) >= len(classes):
                 raise ValueError(f"split {split} has labels outside 0..{len(classes) - 1}")
-            _check_index(path / sub, len(names), path)
+            _check_index(path / sub, len(names), where)
             parts.append(([n.encode() for n in names], labels))
     except (KeyError, TypeError, ValueError) as exc:
-        raise _not_shards(path, f"has a {MANIFEST} kdlight cannot read ({exc})") from exc
+        raise _not_shards(where, f"has a {MANIFEST} kdlight cannot read ({exc})") from exc
     files = image_files(path.resolve(), parts[0], parts[1], classes)
-    files.source = f"shards:{path.resolve()}"
+    files.root = text if remote else str(path.resolve())  # what ShardImages reads from
+    files.source = f"shards:{files.root}"
     return files
 
 
 def fingerprint(shards: str | os.PathLike, files) -> str:
     """A short hash of the shards' samples: names, labels and each split's chunk list."""
-    path = Path(shards).expanduser()
+    path = _meta_dir(str(shards))
     h = hashlib.sha256()
     h.update(files.train_y.numpy().tobytes())
     h.update(b"\0".join(files.train_files.tolist()))
@@ -304,8 +352,13 @@ class ShardImages:
     own); reads are serialised by a lock so the data module's decoding threads can share it.
     """
 
-    def __init__(self, folder: str | os.PathLike, files: np.ndarray) -> None:
-        self.folder = str(folder)
+    def __init__(self, shards: str | os.PathLike, split: str, files: np.ndarray) -> None:
+        self.folder = split_location(str(shards), split)
+        # remote shards: LitData downloads chunks into kdlight's cache, not its own default
+        remote = is_remote(str(shards))
+        self.cache_dir = (
+            str(_cache_for(str(shards)) / "chunks" / SPLIT_DIRS[split]) if remote else None
+        )
         self.files = files
         self._state: tuple[int, Any, threading.Lock] | None = None
 
@@ -315,7 +368,9 @@ class ShardImages:
     def _dataset(self):
         if self._state is None or self._state[0] != os.getpid():
             litdata = _litdata()
-            ds = litdata.StreamingDataset(self.folder, serializers=_refusing_serializers())
+            ds = litdata.StreamingDataset(
+                self.folder, cache_dir=self.cache_dir, serializers=_refusing_serializers()
+            )
             if len(ds) != len(self.files):
                 raise DataError(
                     f"shards {self.folder} hold {len(ds)} items but the manifest lists "
