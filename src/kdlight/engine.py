@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlight.errors import ConfigError, TrainingDiverged
 from kdlight.hooks import plain, tapped_forward
-from kdlight.methods.base import Context, Method
+from kdlight.methods.base import RAW, Context, Form, Method
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,13 @@ class DistillationModule(EvalModule):
     The teacher is frozen: always in eval mode (dropout off, BatchNorm statistics fixed), no
     gradients, not in the optimizer, and left out of checkpoints (it is rebuilt from its own
     file). Each step runs what ``method.plan(epoch)`` asks for: forward hooks only on the
-    layers it names and only during the step; teacher logits from ``teacher_store`` (computed
-    once per (view, sample) for the exact same inputs) when the method allows it and taps no
-    teacher layer, else online; logits carried by the batch (a data-free transfer set) win.
+    layers it names and only during the step; teacher logits, and the forms the method declares
+    for its teacher layers (:meth:`Method.teacher_forms`), from ``teacher_store`` (computed once
+    per (view, sample) for the exact same inputs, in one teacher pass) when the method allows
+    it and every teacher layer the step taps has a stored form, else online (the forms then
+    computed from the taps); logits carried by the batch (a data-free transfer set) win.
+    Which it is is decided once per run (compact forms are always stored; raw maps only when
+    they fit ``teacher_store.max_gb`` over the run's views) and logged when training starts.
     The method's own parameters are in the optimizer and, with its buffers, in checkpoints.
     Logs ``train/<term>`` for every term the method returns, ``train/acc`` and
     ``test/agreement`` (top-1 agreement of student and teacher on the test set).
@@ -251,8 +255,12 @@ class DistillationModule(EvalModule):
         self.num_classes = int(num_classes)
         self._positions: torch.Tensor | None = None
         self._positions_on_table: torch.Tensor | None = None
-        self._table: torch.Tensor | None = None
+        self._served = None  # the StoredView of this epoch's view, on the training device
+        self._served_tables: dict[str, str] = {}  # teacher layer -> its table in self._served
         self._table_view: int | None = None
+        self._forms: dict[str, Form] = {}  # teacher layer -> the form the method reads
+        self._form_shapes: dict[str, tuple[int, ...]] = {}
+        self._stored_layers: frozenset[str] | None = None  # decided at the first epoch
         self._built = False
         self.strict_loading = False  # teacher weights are not stored in our checkpoints
         self.save_hyperparameters(
@@ -284,6 +292,10 @@ class DistillationModule(EvalModule):
             student.train(was)
         self.method.build(s_feats, t_feats, self.num_classes)
         self.method.to(example.device)
+        self._forms = {n: f for n, f in self.method.teacher_forms().items() if n in t_feats}
+        self._form_shapes = {
+            n: tuple(int(d) for d in f.fn(t_feats[n]).shape[1:]) for n, f in self._forms.items()
+        }
         self._built = True
 
     def setup(self, stage: str) -> None:
@@ -312,27 +324,89 @@ class DistillationModule(EvalModule):
         return itertools.chain(self.net.parameters(), self.method.parameters())
 
     # ---- teacher outputs -----------------------------------------------------------------
+    def _apply_forms(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Online taps turned into the forms the method reads (raw where it declares none)."""
+        return {n: self._forms[n].fn(f) if n in self._forms else f for n, f in feats.items()}
+
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """The teacher's logits for this batch's exact inputs: from the store, or online."""
         if self.teacher_store is None or self._positions is None:
             return self.teacher(batch["x"]).float()
         view = batch.get("view") or 0
-        if view != self._table_view:  # not this epoch's view (a caller outside the loop)
+        if view != self._table_view or self._served is None:  # not this epoch's view
             pos = self._positions[batch["idx"].cpu()]
             return self.teacher_store.gather(view, pos).to(batch["x"].device)
         # on the table's device, no host sync; a row outside training is out of range: IndexError
-        return self._table[self._positions_on_table[batch["idx"]]].float()
+        return self._served.logits(self._positions_on_table[batch["idx"]])
+
+    def _served_from_store(self, plan, batch: dict[str, Any]) -> bool:
+        """Whether this step's teacher outputs all come from this epoch's stored view."""
+        return (
+            self._served is not None
+            and (batch.get("view") or 0) == self._table_view
+            and (plan.teacher_logits or bool(plan.teacher_layers))
+            and set(plan.teacher_layers) <= self._served_tables.keys()
+        )
 
     def _store_serves(self, epoch: int) -> bool:
         plan = self.method.plan(epoch)
-        return self.teacher_store is not None and plan.teacher_logits and not plan.teacher_layers
+        if self.teacher_store is None or not (plan.teacher_logits or plan.teacher_layers):
+            return False
+        return set(plan.teacher_layers) <= (self._stored_layers or frozenset())
+
+    def _form_tables(self) -> dict[str, Any]:
+        """Teacher layer -> the store table of its form."""
+        return {
+            n: self.teacher_store.feature_table(n, f.name, self._form_shapes[n])
+            for n, f in self._forms.items()
+        }
+
+    def _decide_store(self, dm) -> None:
+        """Which teacher layers the store keeps for this run (once); say so in the log."""
+        store, name = self.teacher_store, type(self.method).__name__.lower()
+        tapped = list(dict.fromkeys(self.method.teacher_layers))
+        tables = self._form_tables()
+        views = (dm.views or self.trainer.max_epochs) if dm.augment else 1
+        rows = int(dm.train_idx.numel())
+        per_view = rows * sum(tables[n].row_bytes for n in tables)
+        # compact forms are always kept; raw maps only within max_gb over the run's views
+        raw = rows * sum(t.row_bytes for n, t in tables.items() if self._forms[n].name == RAW.name)
+        total_gb = raw * views / 2**30 if views and views > 0 else math.inf
+        forms = ", ".join(f"{self._forms[n].name} of {n}" for n in tables)
+        self._stored_layers = frozenset()
+        if not tapped:
+            msg = f"teacher store: distill={name} is served the teacher's logits"
+        elif not tables or set(tapped) - set(tables):
+            raw = ", ".join(sorted(set(tapped) - set(tables)))
+            msg = (
+                f"teacher store: distill={name} declares no store form for the teacher layer(s) "
+                f"{raw}, so the teacher runs online on the steps that tap them"
+            )
+        elif raw and total_gb > store.max_gb:
+            msg = (
+                f"teacher store: distill={name} would keep {forms}: {raw / 2**20:.1f} MB of raw "
+                f"maps per view, {total_gb:.2f} GB over the run's views > teacher_store.max_gb="
+                f"{store.max_gb:g}, so the teacher runs online on the steps that tap them"
+            )
+        else:
+            self._stored_layers = frozenset(tables)
+            msg = (
+                f"teacher store: distill={name} is served the teacher's logits and {forms} "
+                f"({store.dtype}, {per_view / 2**20:.1f} MB per view)"
+            )
+        if self.trainer.is_global_zero:
+            log.info(msg)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        if not self._store_serves(self.current_epoch):
+        if self.teacher_store is None:
             return
         dm = self.trainer.datamodule
+        if self._stored_layers is None:
+            self._decide_store(dm)
+        if not self._store_serves(self.current_epoch):
+            return
         train_idx = dm.train_idx
         if self._positions is None:
             # row -> position in the store; rows not trained on get N (out of range), never a
@@ -342,16 +416,31 @@ class DistillationModule(EvalModule):
             )
             self._positions[train_idx] = torch.arange(train_idx.numel())
         view = dm.current_view() if dm.augment else 0
+        # this epoch's tables: the logits and the forms of the layers its steps tap
+        layers = list(dict.fromkeys(self.method.plan(self.current_epoch).teacher_layers))
+        tables = {n: t for n, t in self._form_tables().items() if n in layers}
 
-        def compute(pos: torch.Tensor) -> torch.Tensor:
+        def compute(pos: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
             x = dm.view_batch(train_idx[pos], view if dm.augment else None, device=self.device)
             with torch.inference_mode():
-                return self.teacher(x).float().cpu()
+                if not layers:
+                    return self.teacher(x).float().cpu()
+                logits, feats = tapped_forward(self.teacher, x, layers, False, "teacher layer")
+                out = {"logits": logits.float().cpu()}
+                for n in layers:
+                    out[tables[n].name] = self._forms[n].fn(feats[n]).float().cpu()
+                return out
 
-        table = self.teacher_store.get(view, compute, progress=self.trainer.is_global_zero)
-        # the view just validated by get(), kept for the epoch on the training device (a CPU
-        # table stays a memory map): each step gathers its rows without re-reading the file
-        self._table = table.to(self.device)
+        served = self.teacher_store.get_view(
+            view,
+            compute,
+            {t.name: t.row_shape for t in tables.values()},
+            progress=self.trainer.is_global_zero,
+        )
+        # the view just validated by get_view(), kept for the epoch on the training device (a
+        # CPU table stays a memory map): each step gathers its rows without re-reading files
+        self._served = served.to(self.device)
+        self._served_tables = {n: t.name for n, t in tables.items()}
         self._table_view = view
         self._positions_on_table = self._positions.to(self.device)
 
@@ -379,11 +468,19 @@ class DistillationModule(EvalModule):
         t_logits, t_feats = None, {}
         if "teacher_logits" in batch:  # computed with the batch (data-free transfer set)
             t_logits = batch["teacher_logits"]
+        elif self._served_from_store(plan, batch):
+            # on the tables' device, no host sync; a row outside training: IndexError
+            pos = self._positions_on_table[batch["idx"]]
+            if plan.teacher_logits:
+                t_logits = self._served.logits(pos)
+            for n in plan.teacher_layers:
+                t_feats[n] = self._served.rows(self._served_tables[n], pos).float()
         elif plan.teacher_layers:
             with torch.no_grad():
                 t_logits, t_feats = tapped_forward(
                     self.teacher, x, plan.teacher_layers, stop, "teacher layer"
                 )
+                t_feats = self._apply_forms(t_feats)
             t_logits = None if t_logits is None else t_logits.float()
         elif plan.teacher_logits:
             t_logits = self.teacher_logits(batch)

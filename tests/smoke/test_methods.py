@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,51 @@ def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_
     assert len(online) == len(served) == 4
     for a, b in zip(online, served, strict=True):
         assert a.keys() == b.keys() and "train/loss" in a
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+    # the feature methods were served their teacher forms from the store, not online
+    forms = {t for t in stored_tables(store) if t != "logits"}
+    if method in FORMS:
+        assert forms and all(t.split("/")[1].startswith(FORMS[method]) for t in forms), forms
+    else:
+        assert not forms
+
+
+#: what the teacher store keeps of each feature method's teacher layers (form name, or its start)
+FORMS = {
+    "at": "attention_p2_",
+    **dict.fromkeys(("pkt", "rkd", "cc", "crd"), "embedding"),
+    **dict.fromkeys(("fitnets", "nst", "sp", "vid", "reviewkd"), "raw"),
+}
+
+
+def stored_tables(store: Path) -> set[str]:
+    """The tables (``logits`` or ``<teacher layer>/<form>``) of every valid-looking view file."""
+    metas = (json.loads(p.read_text()) for p in store.glob("logits/*/view_*.json"))
+    return {m.get("table", "logits") for m in metas}
+
+
+@pytest.mark.parametrize("method", ["at", "pkt", "vid"])
+def test_float16_forms_are_served_within_float16_rounding(method, make_cfg, tmp_path):
+    # the default store dtype: the teacher's forms rounded to float16 (relative error <= 2^-11),
+    # so the first steps' losses agree to a few float16 ulps, not exactly
+    store = tmp_path / "shared-store"
+    common = (*setup_of(method), "seed=3", "teacher_store.dtype=float16")
+    online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
+    served = _losses(make_cfg, *common, "teacher_store.enabled=true", store_dir=store)
+    assert {t for t in stored_tables(store) if t != "logits"}
+    for a, b in zip(online[:2], served[:2], strict=True):
+        assert b == pytest.approx(a, rel=4 * 2**-11, abs=1e-6)
+
+
+def test_feature_tables_over_max_gb_run_the_teacher_online(make_cfg, tmp_path, caplog):
+    store = tmp_path / "shared-store"
+    common = (*setup_of("nst"), "seed=3", "teacher_store.dtype=float32")
+    online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
+    with caplog.at_level(logging.INFO, logger="kdlight.engine"):
+        capped = _losses(make_cfg, *common, "teacher_store.max_gb=0", store_dir=store)
+    assert stored_tables(store) == set()  # the teacher ran online, giving the logits too
+    assert "teacher_store.max_gb=0, so the teacher runs online" in caplog.text
+    for a, b in zip(online, capped, strict=True):
         assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
 
 

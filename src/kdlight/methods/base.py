@@ -17,11 +17,20 @@ A method is an ``nn.Module`` in its own file ``kdlight/methods/<name>.py`` with 
 3. The method returns ``{"loss": total, "<term>": value, ...}``; every entry is logged as
    ``train/<term>``.
 
+Teacher store. The teacher's logits for each (view, sample) are computed once and served from
+disk (exact: same inputs). A method may also declare, per tapped teacher layer, the compact
+:class:`Form` its loss reads (an attention map, a pooled embedding, or the raw map): then
+``ctx.teacher_feats[layer]`` always holds that form, computed online from the tap or served
+from the store, which keeps it beside the logits (a raw map only when the run's raw maps fit
+``teacher_store.max_gb``; see :meth:`Method.teacher_forms`). Layers without a form are tapped
+online.
+
 A method never subclasses the engine and the engine never names a method.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +57,42 @@ class Plan:
     teacher_logits: bool = True
 
 
+@dataclass(frozen=True)
+class Form:
+    """What the teacher store may keep of one tapped teacher layer: a name and a pure function.
+
+    ``fn`` maps the layer's raw output batch (N, ...) to the (N, ...) tensor the method reads.
+    It must be pure and per-sample (row i of its output depends only on row i of its input,
+    no state), so the store can compute it once per (view, sample) in large batches. ``name``
+    identifies the store's files next to the layer name: it must change whenever ``fn``'s
+    output would (put its parameters in it, e.g. ``attention_p2_8x8``).
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+#: The whole map, as tapped (stored only when the run's raw maps fit ``teacher_store.max_gb``).
+RAW = Form("raw", _identity)
+#: The feature flattened to (N, D): the pooled embedding a classifier reads (``fc:in``).
+EMBEDDING = Form("embedding", _flatten)
+
+
 @dataclass
 class Context:
-    """Everything a method may compute its terms from, for one training batch."""
+    """Everything a method may compute its terms from, for one training batch.
+
+    ``teacher_feats[layer]`` is the method's declared :class:`Form` of that layer (see
+    :meth:`Method.teacher_forms`), else the layer's raw output.
+    """
 
     student_logits: torch.Tensor | None
     teacher_logits: torch.Tensor | None
@@ -70,8 +112,8 @@ class Method(nn.Module):
     Attributes:
         needs_labels: the loss reads ``ctx.labels`` (False: it can train on unlabeled data).
         student_layers / teacher_layers: layers tapped every step (see :meth:`plan`).
-        uses_store: the teacher logits it reads may come from the teacher store (exact for
-            logits; a method whose teacher side runs with taps is served online).
+        uses_store: the teacher outputs it reads may come from the teacher store (logits,
+            and the forms of :meth:`teacher_forms`; taps without a form run online).
     """
 
     needs_labels: bool = True
@@ -107,6 +149,16 @@ class Method(nn.Module):
         num_classes: int,
     ) -> None:
         """Create the method's own layers from example features (called once, before training)."""
+
+    def teacher_forms(self) -> dict[str, Form]:
+        """Teacher layer -> the :class:`Form` the loss reads from it (called after :meth:`build`).
+
+        The engine puts ``form.fn(output)`` in ``ctx.teacher_feats[layer]``, online or from the
+        teacher store, which keeps it per (view, sample) (:data:`RAW` maps only when they fit
+        ``teacher_store.max_gb``).
+        Default: none (every teacher tap runs online and is served raw).
+        """
+        return {}
 
     def check_batch(self, batch: dict[str, Any]) -> None:
         """Raise if ``batch`` cannot be trained on; called before any forward (default: accept)."""

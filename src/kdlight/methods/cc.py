@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.methods.base import Context
+from kdlight.methods.base import EMBEDDING, Context
 from kdlight.methods.features import FeatureKD, flat
 
 
@@ -37,6 +37,7 @@ class CC(FeatureKD):
 
     layer_kind = "penultimate"
     term = "loss_cc"
+    teacher_form = EMBEDDING  # the store keeps the (N, D) embedding
 
     def __init__(self, embed_dim: int = 128, beta: float = 0.02, **kwargs) -> None:
         super().__init__(beta, **kwargs)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.methods.base import Context, check_range
+from kdlight.methods.base import EMBEDDING, Context, check_range
 from kdlight.methods.features import FeatureKD, flat
 
 NEGATIVES = ("other_class", "any")
@@ -103,6 +103,7 @@ class CRD(FeatureKD):
 
     layer_kind = "penultimate"
     term = "loss_crd"
+    teacher_form = EMBEDDING  # the store keeps the (N, D) embedding
 
     def __init__(
         self,

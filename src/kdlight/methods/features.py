@@ -5,8 +5,11 @@ Loss (RepDistiller's ``train_student.py``; mdistiller alike)::
     L = gamma * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + beta * L_feat
 
 ``L_feat`` is the method's own term; RepDistiller's baselines use gamma 1, alpha 0 and the
-method's beta ("+KD" variants: alpha 1, T 4). Teacher features run online (``uses_store`` is
-False): they are read from forward hooks on the frozen teacher.
+method's beta ("+KD" variants: alpha 1, T 4). Teacher features are read from forward hooks on
+the frozen teacher, as the :class:`~kdlight.methods.base.Form` the method declares per teacher
+layer (``teacher_form``: the raw map by default, the flattened embedding for the penultimate
+methods, the attention map for AT), which the teacher store keeps beside the logits (raw maps
+only when the run's raw maps fit ``teacher_store.max_gb``, else the teacher runs online).
 
 Layers. ``student_layers`` / ``teacher_layers`` are lists of ``named_modules()`` names (a name
 ending in ``:in`` taps that module's input, e.g. ``fc:in``, the penultimate feature), paired
@@ -27,7 +30,7 @@ from torch import nn
 
 from kdlight.errors import ConfigError
 from kdlight.hooks import INPUT_SUFFIX, find_module, split_tap
-from kdlight.methods.base import Context, Method, check_range
+from kdlight.methods.base import RAW, Context, Form, Method, check_range
 from kdlight.methods.kd import soft_kl
 
 KINDS = ("stages", "last_stage", "penultimate", "stages+penultimate")
@@ -128,7 +131,8 @@ class FeatureKD(Method):
 
     Subclasses set ``layer_kind`` (what ``auto`` taps, one of :data:`KINDS`), ``term`` (the
     logged name of their term), ``needs_maps`` (the term needs (N, C, H, W) maps), and
-    implement :meth:`feature_loss`; :meth:`build_heads` creates their own layers.
+    implement :meth:`feature_loss`; :meth:`build_heads` creates their own layers;
+    ``teacher_form`` (or :meth:`teacher_forms`) says what the loss reads of each teacher layer.
 
     Args:
         beta: weight of the method's term, >= 0.
@@ -141,7 +145,8 @@ class FeatureKD(Method):
     layer_kind: str = "stages"
     term: str = "loss_feat"
     needs_maps: bool = False
-    uses_store = False
+    #: what the store keeps of each teacher layer (and what ``feature_loss`` gets for it)
+    teacher_form: Form = RAW
 
     def __init__(
         self,
@@ -198,6 +203,9 @@ class FeatureKD(Method):
                             f"convolutional layers in distill.{side}_layers."
                         )
         self.build_heads(s, t)
+
+    def teacher_forms(self) -> dict[str, Form]:
+        return {name: self.teacher_form for name in self.teacher_layers}
 
     def build_heads(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
         """Create the method's own layers from example features (default: none)."""

@@ -11,8 +11,9 @@ Stage 2, the remaining epochs: Hinton KD on the whole student,
     L = alpha * T^2 * KL(q_teacher^T || q_student^T) + (1 - alpha) * CE.
 
 Layers are named as in ``named_modules()`` (``layer2`` of the CIFAR ResNets, ``bn2`` of the
-5-layer CNN, ``layers.3`` of an MLP). Teacher features run online; the logit store serves
-stage 2.
+5-layer CNN, ``layers.3`` of an MLP). The teacher store keeps the hint map beside the logits
+when the run's maps fit ``teacher_store.max_gb`` (else stage 1 runs the teacher online); it
+serves stage 2's logits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.methods.base import Context, Plan
+from kdlight.methods.base import RAW, Context, Form, Plan
 from kdlight.methods.kd import KD
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ class FitNets(KD):
                 self.student_layers, self.teacher_layers, stop_early=True, teacher_logits=False
             )
         return Plan()
+
+    def teacher_forms(self) -> dict[str, Form]:
+        return {self.hint_layer: RAW}
 
     def build(self, student_feats, teacher_feats, num_classes) -> None:
         guided, hint = student_feats[self.guided_layer], teacher_feats[self.hint_layer]

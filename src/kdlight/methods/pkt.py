@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kdlight.methods.base import Context
+from kdlight.methods.base import EMBEDDING, Context
 from kdlight.methods.features import FeatureKD, flat
 
 EPS = 1e-7
@@ -42,6 +42,7 @@ class PKT(FeatureKD):
 
     layer_kind = "penultimate"
     term = "loss_pkt"
+    teacher_form = EMBEDDING  # the store keeps the (N, D) embedding
 
     def __init__(self, beta: float = 30000.0, **kwargs) -> None:
         super().__init__(beta, **kwargs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdlight.methods.base import Context, check_range
+from kdlight.methods.base import EMBEDDING, Context, check_range
 from kdlight.methods.features import FeatureKD, flat
 
 
@@ -52,6 +52,7 @@ class RKD(FeatureKD):
 
     layer_kind = "penultimate"
     term = "loss_rkd"
+    teacher_form = EMBEDDING  # the store keeps the (N, D) embedding
 
     def __init__(
         self,
