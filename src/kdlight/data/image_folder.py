@@ -180,8 +180,11 @@ def decode_rgb(path: Path | io.BytesIO, name: str | None = None) -> Image.Image:
         with Image.open(path, formats=("JPEG", "PNG")) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # an in-memory file would be named by its repr: say what is wrong instead
+        unknown = isinstance(exc, PIL.UnidentifiedImageError) and not isinstance(path, Path)
         raise DataError(
-            f"image {name or path} is corrupt or not a JPEG/PNG ({exc}); replace or remove it."
+            f"image {name or path} is corrupt or not a JPEG/PNG "
+            f"({'no JPEG/PNG header' if unknown else exc}); replace or remove it."
         ) from exc
 
 

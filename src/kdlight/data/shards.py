@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from kdlight.errors import ConfigError, DataError, KdlightError, user_errors_exit
 
@@ -88,7 +88,8 @@ def _check_out(out: Path, src: Path) -> None:
         held = sorted(os.listdir(out))
         if held:
             raise KdlightError(
-                f"OUT {out} already holds {len(held)} entries ({', '.join(held[:3])}"
+                f"OUT {out} already holds {len(held)} {'entry' if len(held) == 1 else 'entries'} "
+                f"({', '.join(held[:3])}"
                 f"{', ...' if len(held) > 3 else ''}); name a new or empty folder, nothing is "
                 "overwritten."
             )
@@ -106,8 +107,9 @@ def _check_image(data: bytes, name: str) -> None:
         with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")):
             pass
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        why = "no JPEG/PNG header" if isinstance(exc, UnidentifiedImageError) else exc
         raise DataError(
-            f"image {name} is corrupt or not a JPEG/PNG ({exc}); replace or remove it."
+            f"image {name} is corrupt or not a JPEG/PNG ({why}); replace or remove it."
         ) from exc
 
 
@@ -150,6 +152,11 @@ def convert(
 
     litdata = _litdata()
     src_path = Path(src).expanduser()
+    if not src_path.is_dir():
+        raise DataError(
+            f"SRC {src_path} does not exist or is not a folder; give the image folder holding "
+            "train/<class>/* and val/<class>/* (or Tiny-ImageNet's layout)."
+        )
     out_path = Path(out).expanduser().absolute()
     layout, module = _module_for(src_path, layout)
     root = check_root(src_path, module.layout)
