@@ -66,7 +66,7 @@ def step(method: CRD, epoch: int, idx: torch.Tensor) -> float:
         student_feats={"s": fs[idx]},
         teacher_feats={"t": ft[idx]},
     )
-    return float(method(ctx)["loss_crd"])
+    return float(method(ctx)["loss_crd"].detach())
 
 
 def state(method: CRD, losses: list[float]) -> dict[str, object]:
