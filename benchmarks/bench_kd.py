@@ -88,19 +88,19 @@ class EpochTimer(L.Callback):
         self._has_store = store is not None
         if store is None:
             return
-        get = store.get
+        # the engine asks the store for each epoch's view (logits and any feature tables) once,
+        # in its on_train_epoch_start, through get_view; get() (logits only) goes through it too
+        get_view = store.get_view
 
-        def timed_get(view, *args, **kwargs):
+        def timed_get_view(view, *args, **kwargs):
             start = time.perf_counter()
             try:
                 self._computed += 0 if store.has(view) else 1
-                return get(view, *args, **kwargs)
+                return get_view(view, *args, **kwargs)
             finally:
                 self._store_s += time.perf_counter() - start
 
-        store.get = (
-            timed_get  # the module calls store.get once per epoch, in its on_train_epoch_start
-        )
+        store.get_view = timed_get_view
 
     def _now(self, pl_module: L.LightningModule) -> float:
         if pl_module.device.type == "cuda":

@@ -154,6 +154,8 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
     seed_state = torch.random.get_rng_state()
     L.seed_everything(int(tt.seed), workers=True, verbose=False)
     dm = instantiate(cfg.data, labeled_fraction=1.0, unlabeled=False)
+    if getattr(dm, "channels_last", False):  # as the student's batches: see train._memory_format
+        net.to(memory_format=torch.channels_last)
     module = ClassifierModule(
         net=net,
         num_classes=datamodule.num_classes,

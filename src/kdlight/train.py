@@ -180,7 +180,7 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[st
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    student = instantiate(cfg.student)
+    student = _memory_format(instantiate(cfg.student), datamodule)
     num_classes = datamodule.num_classes
     metrics: dict[str, Any] = {}
     module_cfg = cfg.module
@@ -201,9 +201,10 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[st
         from kdlight.teacher import build_teacher
 
         teacher, info = build_teacher(cfg, datamodule)
+        teacher = _memory_format(teacher, datamodule)
         if cfg.get("seed") is not None:  # teacher training must not shift the student's seed
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-            student = instantiate(cfg.student)
+            student = _memory_format(instantiate(cfg.student), datamodule)
         check_outputs(student, example, num_classes, "student")
         metrics.update({f"teacher/{k}": v for k, v in info.items()})
         store = _teacher_store(cfg, teacher, datamodule) if method.uses_store else None
@@ -336,7 +337,11 @@ def _teacher_store(cfg: DictConfig, teacher, datamodule):
         "augment_version": AUGMENT_VERSION,
         # float16 logits of one image can differ in the last bit with the batch that computed
         # them (batched kernels): what decides the bytes is part of the key
-        "fill": {"dtype": options["dtype"], "batch_size": options["batch_size"]},
+        "fill": {
+            "dtype": options["dtype"],
+            "batch_size": options["batch_size"],
+            "channels_last": bool(getattr(datamodule, "channels_last", False)),
+        },
     }
     root = Path(hydra.utils.to_absolute_path(cfg.paths.store_dir)) / "logits"
     return TeacherLogitStore(
