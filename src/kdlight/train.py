@@ -621,7 +621,8 @@ def misspelled_override(args: list[str], config_name: str = "train") -> str | No
         for i, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break
-            if part not in node:
+            # keys(), not `in`: a mandatory value (???) is a setting too, though `in` says no
+            if part not in node.keys():
                 where = ".".join(parts[:i])
                 near = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1)
                 hint = (
@@ -635,7 +636,7 @@ def misspelled_override(args: list[str], config_name: str = "train") -> str | No
                     f"{key} is not a setting of this config ({hint}); fix its spelling, or add a "
                     f"new key with +{key}=..."
                 )
-            node = node[part]
+            node = node._get_node(part)  # no value read: ??? raises on node[part]
     return None
 
 
