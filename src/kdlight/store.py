@@ -104,7 +104,7 @@ def check_store_options(
         or math.isinf(max_gb)
     ):
         raise ConfigError(
-            f"teacher_store.max_gb must be a finite number >= 0 (0: store no feature maps), got {max_gb!r}."
+            f"teacher_store.max_gb must be a finite number >= 0 (0: store no raw maps), got {max_gb!r}."
         )
 
 
