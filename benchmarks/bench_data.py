@@ -136,6 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts, comma-separated")
     p.add_argument("--repeats", type=int, default=1, help="epochs per side and worker count")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the main process (default: torch's); workers use 1 each",
+    )
     p.add_argument("--work-dir", type=Path, default=None, help="keep the tree and shards here")
     p.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--quick", action="store_true", help="200 small images: checks it runs")
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     from kdlight.data.shards import convert
 
     workers = [int(w) for w in a.workers.split(",") if w.strip()]
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     doc: dict[str, Any] = {
         "benchmark": "training input throughput (decode + RandomResizedCrop + flip + normalise): "
         "kdlight image folder and shards vs torchvision ImageFolder",

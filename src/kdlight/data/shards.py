@@ -308,6 +308,7 @@ def read_manifest(shards: str | os.PathLike):
     from kdlight.data.image_folder import image_files
 
     text = str(shards)
+    _litdata()  # imported once here: forked DataLoader workers inherit it (an import takes seconds)
     remote = is_remote(text)
     path = _fetch_meta(text) if remote else Path(text).expanduser()
     where = text if remote else path  # what messages name
