@@ -367,7 +367,7 @@ class DistillationModule(EvalModule):
         store, name = self.teacher_store, type(self.method).__name__.lower()
         tapped = list(dict.fromkeys(self.method.teacher_layers))
         tables = self._form_tables()
-        views = (dm.views or self.trainer.max_epochs) if dm.augment else 1
+        views = (getattr(dm, "views", None) or self.trainer.max_epochs) if dm.augment else 1
         rows = int(dm.train_idx.numel())
         per_view = rows * sum(tables[n].row_bytes for n in tables)
         # compact forms are always kept; raw maps only within max_gb over the run's views
