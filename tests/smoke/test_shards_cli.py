@@ -36,9 +36,7 @@ def test_kd_on_shards_gives_the_folders_run(tmp_path):
     torch.manual_seed(0)
     torch.save(ResNet(depth=8, num_classes=5).state_dict(), teacher)  # random weights
     common = [
-        # data=imagenet: the image-folder module with num_classes set (data=image_folder's
-        # num_classes=??? trips train.py's misspelled-key check today, see the report)
-        "data=imagenet",
+        "data=image_folder",
         "data.num_classes=5",
         "data.image_size=32",
         "data.eval_resize=36",
