@@ -21,6 +21,10 @@ EXTRA = {
     "imagenet_vanilla": SMALL,
     "imagenet_resnet34_resnet18": SMALL,
     "imagenet_resnet50_mobilenetv2": SMALL,
+    "imagenet_resnet34_resnet18_dkd": SMALL,
+    "imagenet_resnet34_resnet18_dist": SMALL,
+    "imagenet_resnet50_mobilenetv2_dkd": SMALL,
+    "imagenet_resnet50_mobilenetv2_dist": SMALL,
     "imagefolder_resnet18_kd": SMALL,
     "tiny_imagenet_resnet18_kd": ["teacher.input_size=64", "teacher_store.dtype=float32"],
 }
