@@ -37,7 +37,10 @@ def test_fitnets_hint_stage_then_kd_stage_with_logits_from_the_store(make_cfg, t
     assert all("train/loss_hint" in r and "train/loss_kd" not in r for r in stage1)
     assert all("train/loss_kd" in r and "train/loss_ce" in r for r in stage2)
     views = sorted(p.name for p in (tmp_path / "store" / "logits").glob("*/view_*.npy"))
-    assert views == ["view_1.npy"]  # hint training (epoch 0) never asked the store
+    # the hint stage (epoch 0) is served the teacher's hint layer (a raw map within
+    # teacher_store.max_gb) beside the logits; the KD stage (epoch 1) the logits alone
+    assert len(views) == 3 and views[1:] == ["view_0.npy", "view_1.npy"], views
+    assert views[0].startswith("view_0.") and "_raw" in views[0], views
 
 
 def test_data_free_trains_on_the_transfer_set_only(make_cfg, tmp_path):
