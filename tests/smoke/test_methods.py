@@ -98,6 +98,17 @@ def stored_tables(store: Path) -> set[str]:
     return {m.get("table", "logits") for m in metas}
 
 
+@pytest.mark.parametrize("method", ["kd", "at"])
+def test_a_store_in_many_shards_serves_what_the_online_teacher_gives(method, make_cfg, tmp_path):
+    store = tmp_path / "shared-store"
+    common = (*setup_of(method), "seed=3", "teacher_store.dtype=float32")
+    online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
+    served = _losses(make_cfg, *common, "teacher_store.shard_rows=5", store_dir=store)
+    assert len(list(store.glob("logits/*/view_0*.shard00001.npy"))) >= 1  # several shards
+    for a, b in zip(online, served, strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+
+
 @pytest.mark.parametrize("method", ["at", "pkt", "vid"])
 def test_float16_forms_are_served_within_float16_rounding(method, make_cfg, tmp_path):
     # the default store dtype: the teacher's forms rounded to float16 (relative error <= 2^-11),
