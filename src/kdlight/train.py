@@ -309,8 +309,8 @@ def _memory_format(net: torch.nn.Module, datamodule) -> torch.nn.Module:
     """Convolution weights channels-last when the batches are (``data.channels_last``).
 
     NHWC batches into NCHW weights make every convolution convert layouts, forward and
-    backward: on a 2-core CPU the 5-layer CNN's training step is about 1.4x faster with both
-    channels-last (benchmarks/README.md). Only 4-d tensors change, so MLPs are untouched;
+    backward: on one core the 5-layer CNN's training step is about 1.4x faster with both
+    channels-last (README, "Fast distillation"). Only 4-d tensors change, so MLPs are untouched;
     state dicts load either way.
     """
     if getattr(datamodule, "channels_last", False):
