@@ -28,7 +28,6 @@ the same worker count, measured in the same run (the best of ``--repeats`` epoch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -45,7 +44,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from bench_imagefolder import write_tree  # noqa: E402
-from bench_kd import _quiet, _r, _ratio, machine  # noqa: E402
+from bench_kd import _quiet, _r, _ratio, emit, machine  # noqa: E402
 
 SIDES = (
     "torchvision",
@@ -228,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["runs"] = runs
     doc["uptime_end"] = _uptime()
     doc["loadavg_end"] = [_r(x, 2) for x in os.getloadavg()]
-    text = json.dumps(doc, indent=2)
-    if a.output is not None:
-        a.output.write_text(text + "\n")
-    print(text)
+    emit(doc, a.output)
     return 0
 
 

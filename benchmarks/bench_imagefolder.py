@@ -41,7 +41,7 @@ CONF_DIR = BENCH_DIR.parent / "src" / "kdlight" / "conf"
 if str(BENCH_DIR) not in sys.path:  # Hydra instantiates bench_imagefolder.EpochClock
     sys.path.insert(0, str(BENCH_DIR))
 
-from bench_kd import _quiet, _r, _ratio, _stdout_to_stderr, machine  # noqa: E402
+from bench_kd import _quiet, _r, _ratio, _stdout_to_stderr, emit, machine  # noqa: E402
 
 EXPERIMENT = "imagefolder_resnet18_kd"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -470,10 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": _r(time.perf_counter() - started),
         "loadavg_end": [_r(x, 2) for x in os.getloadavg()],
     }
-    text = json.dumps(doc, indent=2)
-    if a.output:
-        Path(a.output).write_text(text + "\n")
-    print(text, flush=True)
+    emit(doc, a.output)
     return 0
 
 

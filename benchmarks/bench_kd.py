@@ -193,6 +193,14 @@ def _r(x: float, nd: int = 4) -> float:
     return round(float(x), nd)
 
 
+def emit(doc: dict[str, Any], output: str | Path | None) -> None:
+    """Print the benchmark's JSON document on stdout, and write it to ``output`` when given."""
+    text = json.dumps(doc, indent=2)
+    if output:
+        Path(output).write_text(text + "\n")
+    print(text, flush=True)
+
+
 def _ratio(a: float, b: float) -> float | None:
     return _r(a / b) if b > 0 and math.isfinite(a / b) else None
 
@@ -1036,10 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["cases"][name]["case_wall_s"] = _r(time.perf_counter() - case_start)
     doc["total_s"] = _r(time.perf_counter() - started)
     doc["loadavg_end"] = [_r(x, 2) for x in os.getloadavg()]
-    text = json.dumps(doc, indent=2)
-    if a.output:
-        Path(a.output).write_text(text + "\n")
-    print(text, flush=True)
+    emit(doc, a.output)
     return 0
 
 
