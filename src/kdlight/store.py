@@ -424,13 +424,17 @@ class TeacherLogitStore:
         private to this process). Several shards: their concatenation; top-k: the rebuilt
         float32 logits. Raises :class:`DataError` if the view is missing or does not validate.
         """
+        return self._stored_logits(view).full_logits()
+
+    def _stored_logits(self, view: int) -> StoredView:
+        """View ``view``'s logit tables as stored; :class:`DataError` if missing or invalid."""
         found, missing = self._read_all(view, self.logit_tables)
         if missing:
             raise DataError(
                 f"teacher logits for view {view} in {self.path} are missing or corrupt; "
                 "compute them with TeacherLogitStore.get()."
             )
-        return self._view(found).full_logits()
+        return self._view(found)
 
     def _view(self, found: Mapping[str, list[torch.Tensor | None]]) -> StoredView:
         return StoredView(dict(found), self.shard_rows, self.num_classes, self.top_k)  # type: ignore[arg-type]
@@ -505,13 +509,7 @@ class TeacherLogitStore:
         """
         served = self._cache.get(view)
         if served is None:
-            found, missing = self._read_all(view, self.logit_tables)
-            if missing:
-                raise DataError(
-                    f"teacher logits for view {view} in {self.path} are missing or corrupt; "
-                    "compute them with TeacherLogitStore.get()."
-                )
-            served = self._view(found)
+            served = self._stored_logits(view)
             self._cache[view] = served
             while len(self._cache) > _MAX_OPEN_VIEWS:
                 self._cache.popitem(last=False)
