@@ -50,6 +50,26 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def tiny_folder_kd(teacher: Path) -> list[str]:
+    """Overrides for a tiny KD run on a 5-class image tree (``write_image_tree``): 32-px crops,
+    ResNet-8 teacher and student, the teacher's random weights saved to ``teacher`` (seed 0)."""
+    from kdlight.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    torch.save(ResNet(depth=8, num_classes=5).state_dict(), teacher)
+    return [
+        "data.num_classes=5",
+        "data.image_size=32",
+        "data.eval_resize=36",
+        "data.num_workers=1",
+        "data.eval_batch_size=20",
+        "model@teacher=resnet8",
+        "model@student=resnet8",
+        "distill=kd",
+        f"teacher_ckpt={teacher}",
+    ]
+
+
 def cli_args(run_dir: Path, store_dir: Path, *overrides: str) -> list[str]:
     """``python -m kdlight.train`` with the tiny settings, writing into ``run_dir``."""
     return [

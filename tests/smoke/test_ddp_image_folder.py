@@ -8,12 +8,10 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 
 from kdlight.data.imagenet import ImageNetDataModule
-from kdlight.models.resnet import ResNet
 from tests.conftest import write_image_tree
-from tests.smoke.cli import cli_args, cli_env, metrics, run_cli
+from tests.smoke.cli import cli_args, cli_env, metrics, run_cli, tiny_folder_kd
 
 VAL, FRACTION = 10, 0.5
 
@@ -22,27 +20,16 @@ VAL, FRACTION = 10, 0.5
 def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_folder")
     tree = write_image_tree(tmp / "tree", per_class=12, n_test=2)  # 60 train/, 10 val/ images
-    teacher = tmp / "teacher.pt"
-    torch.manual_seed(0)
-    torch.save(ResNet(depth=8, num_classes=5).state_dict(), teacher)  # random weights
     run_dir, record = tmp / "run", tmp / "batches"
     args = cli_args(
         run_dir,
         tmp / "store",
         "data=imagenet",
         f"data.root={tree}",
-        "data.num_classes=5",
-        "data.image_size=32",
-        "data.eval_resize=36",
-        "data.num_workers=1",
+        *tiny_folder_kd(tmp / "teacher.pt"),
         f"data.val_size={VAL}",
         f"data.labeled_fraction={FRACTION}",
         "data.batch_size=8",
-        "data.eval_batch_size=20",
-        "model@teacher=resnet8",
-        "model@student=resnet8",
-        "distill=kd",
-        f"teacher_ckpt={teacher}",
         "trainer=ddp_cpu",
         "trainer.max_epochs=2",
         "+callbacks.record._target_=tests.smoke.cli.IndexRecorder",

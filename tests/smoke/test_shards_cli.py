@@ -6,11 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from kdlight.models.resnet import ResNet
 from tests.conftest import write_image_tree
-from tests.smoke.cli import cli_args, cli_env, metrics, run_parallel
+from tests.smoke.cli import cli_args, cli_env, metrics, run_parallel, tiny_folder_kd
 
 pytest.importorskip("litdata")
 
@@ -32,21 +30,10 @@ def test_kd_on_shards_gives_the_folders_run(tmp_path):
     )
     assert conv.returncode == 0, conv.stderr[-3000:]
     assert "wrote 80 train/ and 20 val/ images of 5 classes" in conv.stdout
-    teacher = tmp_path / "teacher.pt"
-    torch.manual_seed(0)
-    torch.save(ResNet(depth=8, num_classes=5).state_dict(), teacher)  # random weights
     common = [
         "data=image_folder",
-        "data.num_classes=5",
-        "data.image_size=32",
-        "data.eval_resize=36",
-        "data.num_workers=1",
+        *tiny_folder_kd(tmp_path / "teacher.pt"),
         "data.val_size=10",
-        "data.eval_batch_size=20",
-        "model@teacher=resnet8",
-        "model@student=resnet8",
-        "distill=kd",
-        f"teacher_ckpt={teacher}",
         "seed=3",
         "trainer.max_epochs=2",
     ]
