@@ -10,7 +10,8 @@ Written into OUT (default: DIR):
 
 - ``results.csv``: one row per configuration; the hparams that vary across finished runs,
   ``n_seeds``, ``seeds``, then ``<metric>_mean`` / ``<metric>_std`` as fractions in [0, 1]
-  (the units of ``metrics.json``); the std is blank when a configuration has one seed;
+  (the units of ``metrics.json``), then ``wall_s_mean`` / ``wall_s_std`` (seconds per run); the
+  std is blank when a configuration has one seed;
 - ``report.md``: the same table in percent (2 decimals, ``mean ± std``), the settings every
   run shares, the figures, and the runs that failed (with their error) or have no final
   metrics (still running, killed, or crashed before training) in sections of their own, and
@@ -46,6 +47,9 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("test/acc_last", "test acc (last ckpt)"),
     ("val/acc_best", "best val acc"),
 )
+_METRIC_KEYS = tuple(key for key, _ in METRICS)
+#: metrics.json key of a run's wall time in seconds (its own column, in minutes in report.md)
+WALL = "wall_s"
 #: Column order for hparams; keys not listed follow in alphabetical order.
 HPARAM_ORDER = (
     "experiment",
@@ -231,7 +235,9 @@ def group_runs(runs: Sequence[Run]) -> list[Row]:
     rows = []
     for members in groups.values():
         hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
-        stats = {key: mean_std(r.metrics.get(key) for r in members) for key, _ in METRICS}
+        stats = {
+            key: mean_std(r.metrics.get(key) for r in members) for key in (*_METRIC_KEYS, WALL)
+        }
         rows.append(Row(hp, members, stats))
     return rows
 
@@ -309,7 +315,7 @@ def build_report(
 def write_csv(report: Report, path: Path) -> None:
     """``results.csv``: hparam columns, ``n_seeds``, ``seeds``, then fractions ``<metric>_mean/_std``."""
     header = [*report.columns, "n_seeds", "seeds"]
-    for key, _ in METRICS:
+    for key in (*_METRIC_KEYS, WALL):
         header += [f"{key}_mean", f"{key}_std"]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -317,7 +323,7 @@ def write_csv(report: Report, path: Path) -> None:
         for row in report.rows:
             line = [_csv_value(row.hparams.get(c)) for c in report.columns]
             line += [len(row.runs), " ".join(str(s) for s in row.seeds)]
-            for key, _ in METRICS:
+            for key in (*_METRIC_KEYS, WALL):
                 st = row.stats[key]
                 line += [_csv_value(st.mean), _csv_value(st.std)]
             writer.writerow(line)
@@ -359,13 +365,15 @@ def render_markdown(report: Report) -> str:
             "",
         ]
         header = [SHORT.get(c, c) for c in report.columns] + ["n_seeds"] + [t for _, t in METRICS]
+        header.append("wall time per run (min)")
         lines.append("| " + " | ".join(header) + " |")
         lines.append(
-            "|" + "|".join(["---"] * len(report.columns) + ["---:"] * (1 + len(METRICS))) + "|"
+            "|" + "|".join(["---"] * len(report.columns) + ["---:"] * (2 + len(METRICS))) + "|"
         )
         for row in report.rows:
             cells = [_md(_fmt(row.hparams.get(c))) for c in report.columns] + [str(len(row.runs))]
             cells += [_pct(row.stats[key]) for key, _ in METRICS]
+            cells.append(_minutes(row.stats[WALL]))
             if row is best:
                 cells = [f"**{c}**" if c else c for c in cells]
             lines.append("| " + " | ".join(cells) + " |")
@@ -717,6 +725,13 @@ def _pct(st: Stat) -> str:
         return "–"
     text = f"{100 * st.mean:.2f}"
     return text + (f" ± {100 * st.std:.2f}" if st.std is not None else "")
+
+
+def _minutes(st: Stat) -> str:
+    """Seconds as minutes, ``mean ± std`` (1 decimal); ``—`` when no run recorded it."""
+    if st.mean is None:
+        return "—"
+    return f"{st.mean / 60:.1f}" + (f" ± {st.std / 60:.1f}" if st.std is not None else "")
 
 
 def _pct1(value: float | None) -> str:

@@ -58,6 +58,9 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
         from kdlight.ensemble import ensemble_name
 
         hp["teacher"] = ensemble_name(cfg, _model_name) or _model_name(cfg.teacher)
+        store = cfg.get("teacher_store")
+        # served from the store or run online: same results, different wall time
+        hp["teacher_store"] = bool(store is not None and store.get("enabled", True))
         general = set(hp)
         for k, v in distill.items():
             if not k.startswith("_") and isinstance(v, int | float | str | bool):

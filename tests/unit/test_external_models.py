@@ -127,3 +127,11 @@ def test_the_names_in_hparams(make_cfg):
     assert (hp["teacher"], hp["student"]) == ("torchvision:resnet34", "timm:resnet18")
     assert hp["data"] == "tiny_imagenet"
     assert cfg.teacher.num_classes == cfg.student.num_classes == 200
+
+
+def test_hparams_say_whether_the_store_served_the_teacher(make_cfg):
+    assert hparams_of(make_cfg("distill=kd"))["teacher_store"] is True
+    assert (
+        hparams_of(make_cfg("distill=kd", "teacher_store.enabled=false"))["teacher_store"] is False
+    )
+    assert "teacher_store" not in hparams_of(make_cfg())  # no teacher, no store

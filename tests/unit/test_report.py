@@ -320,3 +320,24 @@ def test_a_method_comparison_draws_methods_side_by_side(tmp_path):
             write_run(tmp_path, f"{i}-{seed}", hp, acc(0.7 + i / 100 + seed / 1000))
     rep = report.build_report(tmp_path)
     assert [p.name for p in rep.figures] == ["methods.png"]
+
+
+def test_wall_time_per_configuration_and_store_served_apart_from_online(tmp_path):
+    """Runs served from the store and run online are two rows, each with its wall time."""
+    root = tmp_path / "runs"
+    served = {**KD, "teacher_store": True}
+    online = {**KD, "teacher_store": False}
+    write_run(root, "a", {**served, "seed": 1}, {**acc(0.90), "wall_s": 300.0})
+    write_run(root, "b", {**served, "seed": 2}, {**acc(0.92), "wall_s": 420.0})
+    write_run(root, "c", {**online, "seed": 1}, {**acc(0.89), "wall_s": 540.0})
+    write_run(root, "d", {**online, "seed": 2}, acc(0.89))  # an old run without wall_s
+    report.build_report(root)
+    rows = {r["teacher_store"]: r for r in read_csv(root / "results.csv")}  # "true" / "false"
+    # 300 and 420 s: mean 360, sample std sqrt((60^2 + 60^2) / 1) = 84.8528
+    assert float(rows["true"]["wall_s_mean"]) == pytest.approx(360.0)
+    assert float(rows["true"]["wall_s_std"]) == pytest.approx(84.85281374, rel=1e-6)
+    assert float(rows["false"]["wall_s_mean"]) == 540.0 and rows["false"]["wall_s_std"] == ""
+    text = (root / "report.md").read_text()
+    assert "wall time per run (min)" in text
+    # minutes, as the table shows them (the served row has the best val acc: bold)
+    assert "| **6.0 ± 1.4** |" in text and "| 9.0 |" in text
