@@ -1030,9 +1030,11 @@ def main(argv: list[str] | None = None) -> int:
         "cases": {},
     }
     started = time.perf_counter()
+    failed = []
     with contextlib.ExitStack() as stack:
+        # absolute: the CLI runs (fixed_cost) start in other directories and get paths under it
         work = (
-            Path(a.work_dir)
+            Path(a.work_dir).resolve()
             if a.work_dir
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdbench-")))
         )
@@ -1040,12 +1042,19 @@ def main(argv: list[str] | None = None) -> int:
             for name in o.cases:
                 case_start = time.perf_counter()
                 (work / name).mkdir(parents=True, exist_ok=True)
-                doc["cases"][name] = CASE_FUNCS[name](o, work / name)
+                try:
+                    doc["cases"][name] = CASE_FUNCS[name](o, work / name)
+                except Exception as exc:  # noqa: BLE001 - one failed case must not lose the others
+                    _log(f"{name} failed: {type(exc).__name__}: {exc}")
+                    doc["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+                    failed.append(name)
                 doc["cases"][name]["case_wall_s"] = _r(time.perf_counter() - case_start)
     doc["total_s"] = _r(time.perf_counter() - started)
     doc["loadavg_end"] = [_r(x, 2) for x in os.getloadavg()]
+    if failed:
+        doc["failed_cases"] = failed
     emit(doc, a.output)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -18,15 +18,9 @@ def quick_report(tiny_data_dir, tmp_path_factory) -> tuple[dict, Path]:
     work = tmp_path_factory.mktemp("bench")
     out = work / "bench.json"
     cmd = [sys.executable, str(SCRIPT), "--quick", "--batch-size", "16", "--cifar-steps", "2"]
-    cmd += [
-        "--data-dir",
-        str(tiny_data_dir),
-        "--work-dir",
-        str(work / "runs"),
-        "--output",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    # --work-dir relative to where the benchmark starts, as users type it
+    cmd += ["--data-dir", str(tiny_data_dir), "--work-dir", "runs", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # stdout holds the JSON document and nothing else
     assert json.loads(out.read_text()) == doc
@@ -127,3 +121,21 @@ def test_unknown_case_is_refused():
     assert proc.returncode == 2
     assert "nope" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_failing_case_keeps_the_others_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_kd
+
+    monkeypatch.setattr(bench_kd, "_quiet", lambda: None)  # keep this process's log levels
+
+    def boom(o, work):
+        raise RuntimeError("the data is not there")
+
+    monkeypatch.setitem(bench_kd.CASE_FUNCS, "fmnist_mlp", boom)
+    monkeypatch.setitem(bench_kd.CASE_FUNCS, "sweep10", lambda o, work: {"ran": True})
+    rc = bench_kd.main(["--quick", "--cases", "fmnist_mlp,sweep10", "--work-dir", str(tmp_path)])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and doc["failed_cases"] == ["fmnist_mlp"]
+    assert doc["cases"]["fmnist_mlp"]["error"] == "RuntimeError: the data is not there"
+    assert doc["cases"]["sweep10"]["ran"] is True
