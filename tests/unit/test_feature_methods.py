@@ -365,8 +365,9 @@ def test_crd_nce_loss_against_the_paper():
     assert nce_loss(x, n_data).item() == pytest.approx(-expected / 2, rel=1e-6)
 
 
-def test_crd_loss_and_memory_update_against_the_paper(monkeypatch):
-    method, train_idx, labels = _crd()
+@pytest.mark.parametrize("nce_k", [6, 20])  # 20: more rows drawn than the bank holds (12)
+def test_crd_loss_and_memory_update_against_the_paper(monkeypatch, nce_k):
+    method, train_idx, labels = _crd(nce_k=nce_k)
     n_data, tau, m = 12, 0.07, 0.5
     drawn = {}
     original = method.sample
@@ -399,7 +400,7 @@ def test_crd_loss_and_memory_update_against_the_paper(monkeypatch):
     assert method.z_s.item() == pytest.approx(z_s.item(), rel=1e-5)
 
     def nce(h):
-        pn = 6 / n_data
+        pn = nce_k / n_data
         total = 0.0
         for row in h.tolist():
             total += math.log(row[0] / (row[0] + pn + 1e-7))
@@ -415,6 +416,17 @@ def test_crd_loss_and_memory_update_against_the_paper(monkeypatch):
         others = torch.ones(n_data, dtype=torch.bool)
         others[pos] = False
         assert torch.equal(bank_after[others].double(), bank_before[others])
+
+
+@pytest.mark.parametrize("draws", [3, 40])  # fewer rows than the bank (gather), more (product)
+def test_crd_bank_scores_are_the_dot_products_of_the_drawn_rows(draws):
+    from kdlight.methods.crd import bank_scores
+
+    gen = torch.Generator().manual_seed(0)
+    bank, v = torch.randn(25, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    rows = torch.randint(25, (4, draws), generator=gen)
+    expected = [[sum(bank[j, d].item() * v[b, d].item() for d in range(6)) for j in r] for b, r in enumerate(rows.tolist())]  # fmt: skip
+    assert torch.allclose(bank_scores(bank, v, rows), torch.tensor(expected), atol=1e-5)
 
 
 def test_crd_memory_rows_follow_the_sample_index_under_shuffling():
