@@ -365,8 +365,10 @@ def test_crd_nce_loss_against_the_paper():
     assert nce_loss(x, n_data).item() == pytest.approx(-expected / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("product_rows", [8, 0])  # the scores from a product, from gathered rows
 @pytest.mark.parametrize("nce_k", [6, 20])  # 20: more rows drawn than the bank holds (12)
-def test_crd_loss_and_memory_update_against_the_paper(monkeypatch, nce_k):
+def test_crd_loss_and_memory_update_against_the_paper(monkeypatch, nce_k, product_rows):
+    monkeypatch.setattr("kdlight.methods.crd.PRODUCT_ROWS", product_rows)
     method, train_idx, labels = _crd(nce_k=nce_k)
     n_data, tau, m = 12, 0.07, 0.5
     drawn = {}
@@ -418,7 +420,7 @@ def test_crd_loss_and_memory_update_against_the_paper(monkeypatch, nce_k):
         assert torch.equal(bank_after[others].double(), bank_before[others])
 
 
-@pytest.mark.parametrize("draws", [3, 40])  # fewer rows than the bank (gather), more (product)
+@pytest.mark.parametrize("draws", [2, 40])  # 8 x 2 < 25 rows in the bank: gathered; 40: product
 def test_crd_bank_scores_are_the_dot_products_of_the_drawn_rows(draws):
     from kdlight.methods.crd import bank_scores
 
