@@ -105,8 +105,11 @@ def test_a_store_in_many_shards_serves_what_the_online_teacher_gives(method, mak
     online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
     served = _losses(make_cfg, *common, "teacher_store.shard_rows=5", store_dir=store)
     assert len(list(store.glob("logits/*/view_0*.shard00001.npy"))) >= 1  # several shards
+    # float32 teacher outputs computed in 5-row pieces round differently from the online batch's
+    # on some CPUs (AVX2 only: 6e-6 on a KD term of 0.0087 after 4 steps); a row served from the
+    # wrong shard or place would be off by the size of the loss itself
     for a, b in zip(online, served, strict=True):
-        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+        assert b == pytest.approx(a, rel=1e-4, abs=2e-5)
 
 
 @pytest.mark.parametrize("method", ["at", "pkt", "vid"])
