@@ -475,7 +475,7 @@ def teachers_of(runs: Sequence[Run]) -> list[Teacher]:
 #: Keys every run has (:func:`kdlight.train.hparams_of`); a method's own settings come first as axes.
 GENERAL_KEYS = frozenset(
     ("experiment", "seed", "data", "labeled_fraction", "unlabeled", "augment", "batch_size",
-     "student", "optimizer", "lr", "max_epochs", "method", "teacher")
+     "student", "optimizer", "lr", "max_epochs", "method", "teacher", "teacher_store")
 )  # fmt: skip
 
 
