@@ -47,9 +47,10 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("test/acc_last", "test acc (last ckpt)"),
     ("val/acc_best", "best val acc"),
 )
-_METRIC_KEYS = tuple(key for key, _ in METRICS)
 #: metrics.json key of a run's wall time in seconds (its own column, in minutes in report.md)
 WALL = "wall_s"
+#: Every metrics.json key a row holds statistics of: the accuracies, then the wall time.
+STAT_KEYS = (*(key for key, _ in METRICS), WALL)
 #: Column order for hparams; keys not listed follow in alphabetical order.
 HPARAM_ORDER = (
     "experiment",
@@ -235,9 +236,7 @@ def group_runs(runs: Sequence[Run]) -> list[Row]:
     rows = []
     for members in groups.values():
         hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
-        stats = {
-            key: mean_std(r.metrics.get(key) for r in members) for key in (*_METRIC_KEYS, WALL)
-        }
+        stats = {key: mean_std(r.metrics.get(key) for r in members) for key in STAT_KEYS}
         rows.append(Row(hp, members, stats))
     return rows
 
@@ -313,9 +312,9 @@ def build_report(
 
 
 def write_csv(report: Report, path: Path) -> None:
-    """``results.csv``: hparam columns, ``n_seeds``, ``seeds``, then fractions ``<metric>_mean/_std``."""
+    """``results.csv``: hparam columns, ``n_seeds``, ``seeds``, ``<metric>_mean/_std`` (fractions), ``wall_s_mean/_std``."""
     header = [*report.columns, "n_seeds", "seeds"]
-    for key in (*_METRIC_KEYS, WALL):
+    for key in STAT_KEYS:
         header += [f"{key}_mean", f"{key}_std"]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -323,7 +322,7 @@ def write_csv(report: Report, path: Path) -> None:
         for row in report.rows:
             line = [_csv_value(row.hparams.get(c)) for c in report.columns]
             line += [len(row.runs), " ".join(str(s) for s in row.seeds)]
-            for key in (*_METRIC_KEYS, WALL):
+            for key in STAT_KEYS:
                 st = row.stats[key]
                 line += [_csv_value(st.mean), _csv_value(st.std)]
             writer.writerow(line)
