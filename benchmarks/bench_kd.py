@@ -89,8 +89,10 @@ class EpochTimer(L.Callback):
         if store is None:
             return
         # the engine asks the store for each epoch's view (logits and any feature tables) once,
-        # in its on_train_epoch_start, through get_view; get() (logits only) goes through it too
-        get_view = store.get_view
+        # in its on_train_epoch_start, through get_view; get() (logits only) goes through it too.
+        # Code from before the feature store (--baseline-src, e.g. 25c6200) has get() only.
+        name = "get_view" if hasattr(store, "get_view") else "get"
+        get_view = getattr(store, name)
 
         def timed_get_view(view, *args, **kwargs):
             start = time.perf_counter()
@@ -100,7 +102,7 @@ class EpochTimer(L.Callback):
             finally:
                 self._store_s += time.perf_counter() - start
 
-        store.get_view = timed_get_view
+        setattr(store, name, timed_get_view)
 
     def _now(self, pl_module: L.LightningModule) -> float:
         if pl_module.device.type == "cuda":
