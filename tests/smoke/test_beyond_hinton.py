@@ -74,3 +74,14 @@ def test_data_free_rejects_alpha_below_one(make_cfg):
                 "+trainer.fast_dev_run=true",
             )
         )
+
+
+def test_fitnets_on_the_cifar_networks_hints_their_second_stages_by_default(make_cfg, tmp_path):
+    # distill.hint_layer / guided_layer default to auto: the ResNet-20's layer2, the CNN's bn2
+    cfg = make_cfg(
+        "+experiment=cifar_cnn_kd_5pct_cpu", "distill=fitnets", "distill.hint_epochs=1",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "teacher_store.enabled=true",
+    )  # fmt: skip
+    assert run(cfg)["status"] == "finished"
+    views = [p.name for p in (tmp_path / "store" / "logits").glob("*/view_*.npy")]
+    assert [v for v in views if v != "view_0.npy"][0].startswith("view_0.layer2_raw-"), views

@@ -12,6 +12,7 @@ from torch import nn
 from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
 from kdlight.hooks import features, taps
+from kdlight.methods.base import RAW
 from kdlight.methods.fitnets import FitNets, HintRegressor, hint_loss
 from kdlight.models.cnn import CNN5
 from kdlight.models.mlp import MLP
@@ -206,3 +207,34 @@ def test_unknown_layer_names_fail_early_with_the_valid_names():
         FitNets(hint_layer="layer2", guided_layer="bn2", hint_epochs=-1)
     with pytest.raises(ConfigError, match="regressor_kernel=2"):
         HintRegressor((4, 2, 2), (4, 2, 2), kernel_size=2)
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student", "hint", "guided"),
+    [
+        # RepDistiller's --hint_layer 2: the output of the second of the three stages
+        (lambda: ResNet(20), lambda: CNN5(), "layer2", "bn2"),
+        (lambda: ResNet(56), lambda: ResNet(8), "layer2", "layer2"),
+        # MLPs: Flatten, then Linear, ReLU[, Dropout] per hidden layer; the second hidden Linear
+        (
+            lambda: MLP(784, (1200, 1200), dropout=0.5),
+            lambda: MLP(784, (800, 800)),
+            "layers.4",
+            "layers.3",
+        ),  # fmt: skip
+        (lambda: MLP(784, (64,)), lambda: MLP(784, (32,)), "layers.1", "layers.1"),
+    ],
+)
+def test_auto_layers_are_the_second_stage_of_each_network(teacher, student, hint, guided):
+    t, s = teacher(), student()
+    method = FitNets()  # hint_layer / guided_layer default to auto
+    method.resolve_layers(s, t)
+    assert (method.hint_layer, method.guided_layer) == (hint, guided)
+    assert method.plan(0).teacher_layers == (hint,) and method.plan(0).student_layers == (guided,)
+    assert method.teacher_forms() == {hint: RAW}
+
+
+def test_auto_on_a_network_without_known_stages_names_the_setting():
+    odd = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="layers=auto does not know the stages of the teacher"):
+        FitNets().resolve_layers(CNN5(), odd)

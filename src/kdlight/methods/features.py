@@ -79,6 +79,22 @@ def stage_layers(net: nn.Module, role: str = "network") -> tuple[str, ...]:
     return names
 
 
+def hint_stage(net: nn.Module, role: str = "network") -> str:
+    """The second stage output, the one FitNets hints or guides by default (``auto``).
+
+    RepDistiller's ``--hint_layer 2`` (``feat[2]``): ``layer2`` of a CIFAR ResNet, ``bn2`` of
+    the 5-layer CNN; of an MLP, the second hidden Linear (before its ReLU, as the CNN's
+    ``bn2``; the first when it has one hidden layer).
+    """
+    from kdlight.models import MLP
+
+    if isinstance(net, MLP):
+        stages = tuple(n for n, x in net.named_modules() if isinstance(x, nn.Linear))[:-1]
+    else:
+        stages = stage_layers(net, role)
+    return stages[min(1, len(stages) - 1)]
+
+
 def penultimate_layer(net: nn.Module, role: str = "network") -> str:
     """``"<last Linear>:in"``: the feature vector the classifier reads (RepDistiller's ``feat[-1]``)."""
     linears = [n for n, x in net.named_modules() if isinstance(x, nn.Linear)]

@@ -11,7 +11,8 @@ Stage 2, the remaining epochs: Hinton KD on the whole student,
     L = alpha * T^2 * KL(q_teacher^T || q_student^T) + (1 - alpha) * CE.
 
 Layers are named as in ``named_modules()`` (``layer2`` of the CIFAR ResNets, ``bn2`` of the
-5-layer CNN, ``layers.3`` of an MLP). The teacher store keeps the hint map beside the logits
+5-layer CNN, ``layers.3`` of an MLP), or ``auto``: each network's second stage output
+(:func:`kdlight.methods.features.hint_stage`, RepDistiller's ``--hint_layer 2``). The teacher store keeps the hint map beside the logits
 when the run's maps fit ``teacher_store.max_gb`` (else stage 1 runs the teacher online); it
 serves stage 2's logits.
 """
@@ -27,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.hooks import find_module, split_tap
 from kdlight.methods.base import RAW, Context, Form, Plan
+from kdlight.methods.features import hint_stage
 from kdlight.methods.kd import KD
 
 log = logging.getLogger(__name__)
@@ -100,8 +103,8 @@ class FitNets(KD):
     """FitNets; see the module docstring. ``alpha``, ``temperature``, ``reduction`` are stage 2's KD.
 
     Args:
-        hint_layer: teacher module whose output is the hint.
-        guided_layer: student module whose output is guided.
+        hint_layer: teacher module whose output is the hint (``auto``: its second stage).
+        guided_layer: student module whose output is guided (``auto``: its second stage).
         hint_epochs: stage-1 epochs (>= 0); the rest of ``trainer.max_epochs`` is KD.
         regressor_kernel: conv k x k (odd) for spatial maps; a Linear for flat features.
         regressor_relu: ReLU after the regressor (match the hint layer's non-linearity).
@@ -114,8 +117,8 @@ class FitNets(KD):
         alpha: float = 0.9,
         temperature: float = 4.0,
         reduction: str = "batchmean",
-        hint_layer: str = "layers.4",
-        guided_layer: str = "layers.3",
+        hint_layer: str = "auto",
+        guided_layer: str = "auto",
         hint_epochs: int = 5,
         regressor_kernel: int = 1,
         regressor_relu: bool = False,
@@ -131,6 +134,15 @@ class FitNets(KD):
         self.regressor_relu = bool(regressor_relu)
         self.regressor: HintRegressor | None = None
         self._warned = False
+
+    def resolve_layers(self, student: nn.Module, teacher: nn.Module) -> None:
+        if self.guided_layer == "auto":
+            self.guided_layer = hint_stage(student, "student")
+        if self.hint_layer == "auto":
+            self.hint_layer = hint_stage(teacher, "teacher")
+        find_module(student, split_tap(self.guided_layer)[0], "student layer")
+        find_module(teacher, split_tap(self.hint_layer)[0], "teacher layer")
+        self.student_layers, self.teacher_layers = (self.guided_layer,), (self.hint_layer,)
 
     def in_hint_stage(self, epoch: int) -> bool:
         return epoch < self.hint_epochs
