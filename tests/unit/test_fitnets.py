@@ -221,7 +221,7 @@ def test_unknown_layer_names_fail_early_with_the_valid_names():
             lambda: MLP(784, (800, 800)),
             "layers.4",
             "layers.3",
-        ),  # fmt: skip
+        ),
         (lambda: MLP(784, (64,)), lambda: MLP(784, (32,)), "layers.1", "layers.1"),
     ],
 )

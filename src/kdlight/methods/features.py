@@ -89,15 +89,19 @@ def hint_stage(net: nn.Module, role: str = "network") -> str:
     from kdlight.models import MLP
 
     if isinstance(net, MLP):
-        stages = tuple(n for n, x in net.named_modules() if isinstance(x, nn.Linear))[:-1]
+        stages = _linear_names(net)[:-1]
     else:
         stages = stage_layers(net, role)
     return stages[min(1, len(stages) - 1)]
 
 
+def _linear_names(net: nn.Module) -> tuple[str, ...]:
+    return tuple(n for n, x in net.named_modules() if isinstance(x, nn.Linear))
+
+
 def penultimate_layer(net: nn.Module, role: str = "network") -> str:
     """``"<last Linear>:in"``: the feature vector the classifier reads (RepDistiller's ``feat[-1]``)."""
-    linears = [n for n, x in net.named_modules() if isinstance(x, nn.Linear)]
+    linears = _linear_names(net)
     if not linears:
         raise ConfigError(
             f"layers=auto found no nn.Linear classifier in the {role} {type(net).__name__}; name "

@@ -12,7 +12,8 @@ Stage 2, the remaining epochs: Hinton KD on the whole student,
 
 Layers are named as in ``named_modules()`` (``layer2`` of the CIFAR ResNets, ``bn2`` of the
 5-layer CNN, ``layers.3`` of an MLP), or ``auto``: each network's second stage output
-(:func:`kdlight.methods.features.hint_stage`, RepDistiller's ``--hint_layer 2``). The teacher store keeps the hint map beside the logits
+(:func:`kdlight.methods.features.hint_stage`, RepDistiller's ``--hint_layer 2``); the forward
+hooks check the names before training. The teacher store keeps the hint map beside the logits
 when the run's maps fit ``teacher_store.max_gb`` (else stage 1 runs the teacher online); it
 serves stage 2's logits.
 """
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.hooks import find_module, split_tap
 from kdlight.methods.base import RAW, Context, Form, Plan
 from kdlight.methods.features import hint_stage
 from kdlight.methods.kd import KD
@@ -140,8 +140,6 @@ class FitNets(KD):
             self.guided_layer = hint_stage(student, "student")
         if self.hint_layer == "auto":
             self.hint_layer = hint_stage(teacher, "teacher")
-        find_module(student, split_tap(self.guided_layer)[0], "student layer")
-        find_module(teacher, split_tap(self.hint_layer)[0], "teacher layer")
         self.student_layers, self.teacher_layers = (self.guided_layer,), (self.hint_layer,)
 
     def in_hint_stage(self, epoch: int) -> bool:
