@@ -10,6 +10,7 @@ named like a module, ``resnet18`` or ``mobilenetv2``, would shadow that module h
 
 from kdlight.models.cnn import CNN5
 from kdlight.models.densenet import DenseNet, densenet_bc_100
+from kdlight.models.fastnet import FastNet
 from kdlight.models.mlp import MLP
 from kdlight.models.mobilenetv2 import MobileNetV2, mobile_half
 from kdlight.models.preresnet import PreResNet, preresnet110, preresnet164
@@ -38,6 +39,7 @@ __all__ = [
     "MLP",
     "CifarResNeXt",
     "DenseNet",
+    "FastNet",
     "MobileNetV2",
     "PreResNet",
     "ResNet",
