@@ -34,7 +34,6 @@ from kdlight.methods.vid import VID
 from kdlight.models import (
     CNN5,
     MLP,
-    FastNet,
     ResNet,
     ResNet18,
     ResNet50Cifar,
@@ -546,7 +545,6 @@ ZOO = [
     (shufflev1(100), ("layer1", "layer2", "layer3"), "linear:in"),
     (shufflev2(100), ("layer1", "layer2", "layer3"), "linear:in"),
     (CNN5(), ("bn1", "bn2", "bn3"), "fc2:in"),
-    (FastNet(), ("block1", "block2", "block3"), "fc:in"),
 ]
 
 

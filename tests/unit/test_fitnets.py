@@ -15,7 +15,6 @@ from kdlight.hooks import features, taps
 from kdlight.methods.base import RAW
 from kdlight.methods.fitnets import FitNets, HintRegressor, hint_loss
 from kdlight.models.cnn import CNN5
-from kdlight.models.fastnet import FastNet
 from kdlight.models.mlp import MLP
 from kdlight.models.resnet import ResNet
 
@@ -216,7 +215,6 @@ def test_unknown_layer_names_fail_early_with_the_valid_names():
         # RepDistiller's --hint_layer 2: the output of the second of the three stages
         (lambda: ResNet(20), lambda: CNN5(), "layer2", "bn2"),
         (lambda: ResNet(56), lambda: ResNet(8), "layer2", "layer2"),
-        (lambda: FastNet(), lambda: CNN5(), "block2", "bn2"),
         # MLPs: Flatten, then Linear, ReLU[, Dropout] per hidden layer; the second hidden Linear
         (
             lambda: MLP(784, (1200, 1200), dropout=0.5),

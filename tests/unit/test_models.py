@@ -36,8 +36,6 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], int, tuple[int, ...]]] = {
     "preresnet164": (models.preresnet164, 1_703_258, (3, 32, 32)),
     "densenet_bc_100": (models.densenet_bc_100, 769_162, (3, 32, 32)),
     "resnext29_8x64d": (models.resnext29_8x64d, 34_426_698, (3, 32, 32)),
-    # stem 3*24*2*2 + 24; blocks (in*w*9 + 2w BN + w*w*9 + 2w BN) for 24->64, 64->256, 256->256; fc 256*10
-    "fastnet": (models.FastNet, 312 + 50_944 + 738_304 + 1_180_672 + 2_560, (3, 32, 32)),
 }
 
 _BUILT: dict[str, nn.Module] = {}
@@ -93,7 +91,6 @@ SMALL = {
     "WideResNet": lambda **kw: models.WideResNet(depth=10, widen_factor=1, **kw),
     "DenseNet-BC": lambda **kw: models.DenseNet(depth=10, growth_rate=4, **kw),
     "CifarResNeXt": lambda **kw: models.CifarResNeXt(depth=11, cardinality=2, widen_factor=1, **kw),
-    "FastNet": lambda **kw: models.FastNet(widths=(8, 16, 16), stem=4, **kw),
 }
 
 
@@ -150,8 +147,6 @@ def test_cnn5_dropout_is_configurable():
         (lambda: models.DenseNet(compression=0.0), "compression=0.0"),
         (lambda: models.CifarResNeXt(depth=30), "9n\\+2"),
         (lambda: models.CNN5(dropout=-0.1), "dropout=-0.1"),
-        (lambda: models.FastNet(widths=(64, 256)), "widths=\\[64, 256\\]"),
-        (lambda: models.FastNet(stem=0), "stem=0"),
     ],
 )
 def test_invalid_architecture_arguments_raise_config_error(factory, match):
@@ -172,7 +167,6 @@ CONFIGS = {
     "preresnet164": (models.PreResNet, 1_703_258),
     "densenet_bc_100": (models.DenseNet, 769_162),
     "resnext29_8x64d": (models.CifarResNeXt, 34_426_698),
-    "fastnet": (models.FastNet, 1_972_792),
 }
 
 
@@ -191,19 +185,3 @@ def test_every_cifar_model_config_builds_the_named_network():
         assert nodrop.dropout.p == 0.0
         hundred = compose(config_name="model/resnet20", overrides=["+data.num_classes=100"])
         assert instantiate(hundred.model).fc.out_features == 100
-
-
-def test_fastnet_blocks_pool_to_15_7_3_pixels_and_end_in_a_global_max():
-    """airbench94's layout: 2x2 stem (32 -> 31), then each block halves (floor) once."""
-    torch.manual_seed(0)
-    model = models.FastNet().eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        s = model.stem(x)
-        shapes = []
-        for block in (model.block1, model.block2, model.block3):
-            s = block(s)
-            shapes.append(tuple(s.shape[1:]))
-        expected = model.fc(s.amax(dim=(2, 3)))
-        assert torch.allclose(model(x), expected, atol=1e-6)
-    assert shapes == [(64, 15, 15), (256, 7, 7), (256, 3, 3)]

@@ -52,7 +52,6 @@ def _stage_names(net: nn.Module) -> tuple[str, ...] | None:
         (m.ShuffleNetV1, ("layer1", "layer2", "layer3")),
         (m.ShuffleNetV2, ("layer1", "layer2", "layer3")),
         (m.CNN5, ("bn1", "bn2", "bn3")),
-        (m.FastNet, ("block1", "block2", "block3")),
     ]
     for cls, names in table:
         if isinstance(net, cls):
@@ -69,7 +68,7 @@ def stage_layers(net: nn.Module, role: str = "network") -> tuple[str, ...]:
     ``block1..3``; ResNeXt: ``stage_1..3``; DenseNet: ``trans1, trans2, dense3``; MobileNetV2:
     ``blocks.1/2/4/6`` (RepDistiller's f1..f4); VGG: ``block1..4`` and the 5-layer CNN:
     ``bn1..3`` (both before their ReLU, the CNN's also before its max-pool, since the
-    activation is not a module there); FastNet: ``block1..3`` (after their GELU); MLP: its hidden ReLUs. Other networks: ConfigError.
+    activation is not a module there); MLP: its hidden ReLUs. Other networks: ConfigError.
     """
     names = _stage_names(net)
     if not names:

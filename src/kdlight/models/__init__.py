@@ -10,7 +10,6 @@ named like a module, ``resnet18`` or ``mobilenetv2``, would shadow that module h
 
 from kdlight.models.cnn import CNN5
 from kdlight.models.densenet import DenseNet, densenet_bc_100
-from kdlight.models.fastnet import FastNet
 from kdlight.models.mlp import MLP
 from kdlight.models.mobilenetv2 import MobileNetV2, mobile_half
 from kdlight.models.preresnet import PreResNet, preresnet110, preresnet164
@@ -39,7 +38,6 @@ __all__ = [
     "MLP",
     "CifarResNeXt",
     "DenseNet",
-    "FastNet",
     "MobileNetV2",
     "PreResNet",
     "ResNet",
