@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,7 @@ class Options:
     fixed_epochs: int
     fixed_samples: int
     baseline_src: str | None
+    repeat: int = 1
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -358,7 +359,44 @@ def _targets(
             "at_least": floor,
             "met": None if ratio is None else ratio >= floor,
         }
+        rounds = _per_round(runs, num, den)
+        if rounds is not None:  # --repeat: ratio is of the medians; these are each round's
+            out[name]["per_round"] = rounds
     return out
+
+
+def _repeated(
+    fns: dict[str, Callable[[], dict[str, Any]]], repeat: int
+) -> dict[str, dict[str, Any]]:
+    """Run each of ``fns`` ``repeat`` times, in rounds whose order rotates by one each round.
+
+    Per name: the run with the median samples/s (the lower middle one for an even count) and,
+    when repeated, ``repeats_samples_per_s`` (every round's, in round order). Rounds interleave
+    the runs so that a slow drift of the machine's speed (this project's CPUs drift by 10% and
+    more within minutes) reaches every run alike, and rotation moves the first-run warm-up.
+    """
+    names = list(fns)
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(repeat):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            results[name].append(fns[name]())
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        runs = results[name]
+        chosen = dict(sorted(runs, key=lambda x: x["samples_per_s"] or 0.0)[(len(runs) - 1) // 2])
+        if repeat > 1:
+            chosen["repeats_samples_per_s"] = [x["samples_per_s"] for x in runs]
+        out[name] = chosen
+    return out
+
+
+def _per_round(runs: dict[str, dict[str, Any]], num: str, den: str) -> list[float | None] | None:
+    """``num / den`` samples/s in each round (the same round's runs, minutes apart), when repeated."""
+    a, b = runs[num].get("repeats_samples_per_s"), runs[den].get("repeats_samples_per_s")
+    if not a or not b:
+        return None
+    return [_ratio(x or 0.0, y or 0.0) for x, y in zip(a, b, strict=True)]
 
 
 def _bare(
@@ -522,19 +560,36 @@ def case_fmnist_mlp(o: Options, work: Path) -> dict[str, Any]:
     _log(f"fmnist_mlp: {idx.numel()} training samples x {o.fmnist_epochs} epochs")
     student_cfg = _compose("fmnist_mlp", common, work / "runs" / "compose", work / "unused", o)
     x, y = _normalised_train(arrays, idx, cfg)
-    runs = {
-        "bare_limit": _bare(student_cfg, x, y, o, o.fmnist_epochs, tag="bare"),
-        "expert_kd_online": _bare(
-            cfg, x, y, o, o.fmnist_epochs, teacher_file=teacher, tag="expert"
-        ),
+    # once each: the plain loop (slow, no target) and the cold store (it fills the store)
+    once = {
         "plain_loop": _plain(cfg, teacher, fashion_mnist_dataset(arrays, idx), o, o.fmnist_epochs),
-        "kdlight_online": _kdlight(
-            "fmnist_online", "fmnist_mlp_kd", [*kd, "teacher_store.enabled=false"], work, store, o
-        ),
         "kdlight_store_cold": _kdlight("fmnist_cold", "fmnist_mlp_kd", kd, work, store, o),
-        "kdlight_store_warm": _kdlight("fmnist_warm", "fmnist_mlp_kd", kd, work, store, o),
-        "kdlight_student_alone": _kdlight("fmnist_student", "fmnist_mlp", common, work, store, o),
     }
+    # the runs the targets compare, --repeat times in rotating rounds (default once, in this order)
+    repeated = _repeated(
+        {
+            "bare_limit": lambda: _bare(student_cfg, x, y, o, o.fmnist_epochs, tag="bare"),
+            "expert_kd_online": lambda: _bare(
+                cfg, x, y, o, o.fmnist_epochs, teacher_file=teacher, tag="expert"
+            ),
+            "kdlight_online": lambda: _kdlight(
+                "fmnist_online",
+                "fmnist_mlp_kd",
+                [*kd, "teacher_store.enabled=false"],
+                work,
+                store,
+                o,
+            ),
+            "kdlight_store_warm": lambda: _kdlight(
+                "fmnist_warm", "fmnist_mlp_kd", kd, work, store, o
+            ),
+            "kdlight_student_alone": lambda: _kdlight(
+                "fmnist_student", "fmnist_mlp", common, work, store, o
+            ),
+        },
+        o.repeat,
+    )
+    runs = {**repeated, **once}
     plain = runs["plain_loop"]["samples_per_s"]
     warm_epoch = runs["kdlight_store_warm"]["seconds"] / runs["kdlight_store_warm"]["epochs"]
     student_epoch = (
@@ -599,14 +654,25 @@ def case_cifar(o: Options, work: Path, name: str = "cifar_resnet18_cnn") -> dict
     x, y = _normalised_train(arrays, idx, cfg, pad=pad, channels_last=True)
     bare_args = {"pad": pad, "channels_last": True}
     runs = {
-        "bare_limit": _bare(cfg, x, y, o, 1, tag="bare", **bare_args),
         "expert_kd_online": _bare(cfg, x, y, o, 1, teacher_file=teacher, tag="expert", **bare_args),
         "plain_loop": _plain(cfg, teacher, cifar10_dataset(arrays, idx), o, 1),
         "kdlight_online": _kdlight(
             "cifar_online", experiment, [*kd, "teacher_store.enabled=false"], work, store, o
         ),
         "kdlight_store_cold": _kdlight("cifar_cold", experiment, kd, work, store, o),
-        "kdlight_store_warm": _kdlight("cifar_warm", experiment, kd, work, store, o),
+    }
+    # the target's two runs (fast with the store warm), --repeat times in rotating rounds
+    runs = {
+        **_repeated(
+            {
+                "bare_limit": lambda: _bare(cfg, x, y, o, 1, tag="bare", **bare_args),
+                "kdlight_store_warm": lambda: _kdlight(
+                    "cifar_warm", experiment, kd, work, store, o
+                ),
+            },
+            o.repeat,
+        ),
+        **runs,
     }
     plain = runs["plain_loop"]["samples_per_s"]
     return {
@@ -911,6 +977,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         help="tiny sizes (seconds): checks the benchmark runs, not speed",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the runs that issue 15's targets compare (fmnist_mlp, cifar_*), in rotating "
+        "order; each run reports its median round (default 1)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (--quick: 32)")
     p.add_argument(
         "--val-size",
@@ -973,6 +1046,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     unknown = [c for c in cases if c not in CASES + GPU_CASES]
     if unknown or not cases:
         p.error(f"--cases {a.cases!r} is invalid; choose from {', '.join(CASES + GPU_CASES)}")
+    if a.repeat < 1:
+        p.error(f"--repeat {a.repeat} is invalid; it must be an integer >= 1")
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but torch sees no CUDA device")
     sweep_runs = a.sweep_runs if a.sweep_runs is not None else (2 if a.quick else 10)
@@ -996,6 +1071,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         fixed_epochs=a.fixed_epochs or (2 if a.quick else 3),
         fixed_samples=a.fixed_samples or (64 if a.quick else 2750),
         baseline_src=str(Path(a.baseline_src).resolve()) if a.baseline_src else None,
+        repeat=a.repeat,
     )
     return o, a
 
