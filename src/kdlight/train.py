@@ -227,7 +227,15 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[st
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    # the validation-best checkpoint's callback, not callbacks.last_checkpoint (last.ckpt)
+    ckpt_cb = next(
+        (
+            c
+            for c in trainer.callbacks
+            if isinstance(c, ModelCheckpoint) and c.filename != ModelCheckpoint.CHECKPOINT_NAME_LAST
+        ),
+        None,
+    )
     last = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics["test/acc_last"] = float(last[0]["test/acc"])
     if "test/agreement" in last[0]:
