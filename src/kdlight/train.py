@@ -528,7 +528,12 @@ def check_resume(cfg: DictConfig, out: Path) -> None:
     from kdlight.errors import CheckpointError
 
     if str(ckpt) == "last":
-        dirpath = _value(cfg, "callbacks.model_checkpoint.dirpath") or out / "checkpoints"
+        # last.ckpt is written by callbacks.last_checkpoint (conf/callbacks/default.yaml)
+        dirpath = (
+            _value(cfg, "callbacks.last_checkpoint.dirpath")
+            or _value(cfg, "callbacks.model_checkpoint.dirpath")
+            or out / "checkpoints"
+        )
         path = Path(str(dirpath)) / "last.ckpt"
         if not path.is_file():
             raise CheckpointError(

@@ -49,3 +49,22 @@ def test_last_checkpoint_follows_every_epoch_and_best_stays(tmp_path):
     assert last["epoch"] == 2 and last["global_step"] == 6  # the end of training, not the best
     best = torch.load(folder / "best-epoch000.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == 0
+
+
+def test_resume_looks_for_last_ckpt_where_last_checkpoint_writes_it(tmp_path):
+    import pytest
+
+    from kdlight.errors import CheckpointError
+    from kdlight.train import check_resume
+
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": "last",
+            "callbacks": {
+                "model_checkpoint": {"dirpath": str(tmp_path / "best")},
+                "last_checkpoint": {"dirpath": str(tmp_path / "last")},
+            },
+        }
+    )
+    with pytest.raises(CheckpointError, match=str(tmp_path / "last" / "last.ckpt")):
+        check_resume(cfg, tmp_path)
