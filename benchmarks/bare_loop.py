@@ -104,7 +104,8 @@ def train_bare(
         steps = 0
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
+            # index_select: on a CPU, x[idx] on an N-d tensor is 5-15x slower (benchmarks/README.md)
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if pad:
                 xb = crop_flip(xb, pad)
                 if channels_last:

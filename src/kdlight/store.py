@@ -184,7 +184,7 @@ class StoredView:
         shards = self.tables[name]
         if len(shards) == 1:
             table = shards[0]
-            out = table[pos if pos.device == table.device else pos.to(table.device)]
+            out = table.index_select(0, pos if pos.device == table.device else pos.to(table.device))
             return out.to(pos.device)
         where = pos.cpu()
         shard = where // self.shard_rows

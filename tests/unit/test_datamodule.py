@@ -57,3 +57,16 @@ def test_cifar_channels_last_is_the_default_and_changes_only_the_layout(tiny_dat
         memory_format=torch.channels_last
     )
     assert torch.equal(a, b)
+
+
+def test_a_batch_holds_the_rows_of_its_indices_and_moves_as_one_dict(tiny_data_dir):
+    dm = _dm(tiny_data_dir)
+    batch = next(iter(dm.train_dataloader()))
+    for i, row in enumerate(batch["idx"].tolist()):
+        assert torch.equal(batch["x"][i], dm.arrays.train_x[row])
+        assert int(batch["y"][i]) == int(dm.arrays.train_y[row])
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved.keys() == batch.keys() and moved["split"] == "train"
+    assert all(moved[k] is batch[k] for k in ("idx", "x", "y"))  # already there: not copied
+    other = dm.transfer_batch_to_device([batch["x"], "a"], torch.device("cpu"), 0)
+    assert torch.equal(other[0], batch["x"]) and other[1] == "a"  # any other batch: Lightning's way

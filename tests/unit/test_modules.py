@@ -1,5 +1,6 @@
 import functools
 
+import pytest
 import torch
 
 from kdlight.engine import ClassifierModule, DistillationModule
@@ -72,3 +73,22 @@ def test_classifier_gradients():
     module = ClassifierModule(net, 10, SGD)
     module.training_step(_batch(), 0).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_train_accuracy_is_the_epochs_fraction_of_correct_predictions():
+    module = ClassifierModule(MLP(784, (16,)), 3, SGD)
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    eye = torch.eye(3)
+    module.on_train_epoch_start()
+    # batch 1: predictions 0, 1, 2, 0 against labels 0, 1, 1, 0 (3 right); batch 2: 2, 2 against 2, 0 (1 right)
+    module.update_train_acc(eye[[0, 1, 2, 0]], torch.tensor([0, 1, 1, 0]))
+    module.update_train_acc(eye[[2, 2]], torch.tensor([2, 0]))
+    module.on_train_epoch_end()
+    assert float(logged["train/acc"].compute()) == pytest.approx(4 / 6, rel=1e-6)  # float32
+    # the next epoch starts from zero: 1 of 1 right
+    logged["train/acc"].reset()
+    module.on_train_epoch_start()
+    module.update_train_acc(eye[[1]], torch.tensor([1]))
+    module.on_train_epoch_end()
+    assert float(logged["train/acc"].compute()) == 1.0
