@@ -70,3 +70,7 @@ def test_a_batch_holds_the_rows_of_its_indices_and_moves_as_one_dict(tiny_data_d
     assert all(moved[k] is batch[k] for k in ("idx", "x", "y"))  # already there: not copied
     other = dm.transfer_batch_to_device([batch["x"], "a"], torch.device("cpu"), 0)
     assert torch.equal(other[0], batch["x"]) and other[1] == "a"  # any other batch: Lightning's way
+    nested = dict(batch, extra=[batch["x"]])  # not flat: Lightning's walk moves what it holds
+    assert torch.equal(
+        dm.transfer_batch_to_device(nested, torch.device("cpu"), 0)["extra"][0], batch["x"]
+    )

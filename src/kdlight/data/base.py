@@ -27,6 +27,10 @@ from kdlight.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 
 
+def _flat(value: Any) -> bool:
+    return value is None or isinstance(value, (torch.Tensor, str, int, float))
+
+
 class _Indices(Dataset):
     """A dataset whose items are sample indices; the collate function gathers the rows."""
 
@@ -224,12 +228,10 @@ class ArrayDataModule(L.LightningDataModule):
     ) -> Any:
         """This module's flat batch: one ``.to`` per tensor (Lightning's walk over any collection
         costs about 20 us a step); any other batch goes Lightning's way."""
-        if not isinstance(batch, dict) or "split" not in batch:
+        if not (isinstance(batch, dict) and "split" in batch and all(map(_flat, batch.values()))):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        blocking = torch.device(device).type in (
-            "cpu",
-            "mps",
-        )  # as Lightning: non_blocking only where it is safe
+        # as Lightning does: non_blocking only where it is safe (not to the CPU or MPS)
+        blocking = torch.device(device).type in ("cpu", "mps")
         return {
             k: v.to(device, non_blocking=not blocking) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()

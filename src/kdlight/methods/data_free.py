@@ -312,7 +312,7 @@ def _collate(transfer: dict[str, torch.Tensor], indices: list[int]) -> dict[str,
     idx = torch.as_tensor(indices, dtype=torch.long)
     return {
         "idx": idx,
-        "x": transfer["x"][idx],
-        "teacher_logits": transfer["teacher_logits"][idx],
+        "x": transfer["x"].index_select(0, idx),
+        "teacher_logits": transfer["teacher_logits"].index_select(0, idx),
         "split": "transfer",
     }
