@@ -132,10 +132,8 @@ class EvalModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # the metric object: Lightning computes it (synced across processes) and resets it
         if self._train_seen:
-            accuracy = self._train_hits.double() / self._train_seen
-            self.train_acc.update(accuracy.float(), weight=self._train_seen)
+            self.train_acc.update(self._train_hits / self._train_seen, weight=self._train_seen)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        self._train_hits, self._train_seen = None, 0
 
     def _eval_step(
         self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy

@@ -191,7 +191,7 @@ class StoredView:
         out = torch.empty((where.numel(), *shards[0].shape[1:]), dtype=shards[0].dtype)
         for s in torch.unique(shard).tolist():
             mask = shard == s
-            out[mask] = shards[s][where[mask] - s * self.shard_rows].to("cpu")
+            out[mask] = shards[s].index_select(0, where[mask] - s * self.shard_rows).to("cpu")
         return out.to(pos.device)
 
     def logits(self, pos: torch.Tensor) -> torch.Tensor:
