@@ -58,6 +58,11 @@ def crop_flip(xp: torch.Tensor, pad: int, generator: torch.Generator | None = No
     return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
+def step_intervals(starts: Sequence[float], end: float) -> list[float]:
+    """Seconds from each step's start to the next one's (the last one's to ``end``)."""
+    return [b - a for a, b in zip(starts, [*starts[1:], end], strict=True)]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -81,8 +86,9 @@ def train_bare(
     """Train ``student`` on ``(x, y)`` (``x`` already normalised, padded by ``pad`` when augmenting).
 
     Without ``teacher``: cross-entropy (the bare loop). With it: Hinton KD with the teacher
-    online every batch (the expert loop). Returns per-epoch seconds, samples and steps; an
-    epoch's clock runs from drawing its permutation to its last optimizer step.
+    online every batch (the expert loop). Returns per-epoch seconds, samples, steps and step
+    intervals (start to next start; a CUDA step is not synchronised, so on a GPU they time the
+    launches); an epoch's clock runs from drawing its permutation to its last optimizer step.
     """
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -102,7 +108,9 @@ def train_bare(
         start = time.perf_counter()
         perm = torch.randperm(n, device=dev)
         steps = 0
+        starts = []  # each step's start: the median interval is robust to the host's bursts
         for i in range(0, n, batch_size):
+            starts.append(time.perf_counter())
             idx = perm[i : i + batch_size]
             # index_select: on a CPU, x[idx] on an N-d tensor is 5-15x slower (benchmarks/README.md)
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
@@ -124,8 +132,17 @@ def train_bare(
             optimizer.step()
             steps += 1
         _sync(dev)
-        seconds = time.perf_counter() - start
-        epochs_out.append({"epoch": epoch, "seconds": seconds, "samples": n, "steps": steps})
+        end = time.perf_counter()
+        seconds = end - start
+        epochs_out.append(
+            {
+                "epoch": epoch,
+                "seconds": seconds,
+                "samples": n,
+                "steps": steps,
+                "step_intervals": step_intervals(starts, end),
+            }
+        )
     if not torch.isfinite(loss.detach()):
         raise RuntimeError(f"the bare loop diverged (loss {float(loss)})")
     return {"epochs": epochs_out}

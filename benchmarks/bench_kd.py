@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,8 @@ if (
     str(BENCH_DIR) not in sys.path
 ):  # Hydra instantiates bench_kd.EpochTimer and imports plain_kd_loop
     sys.path.insert(0, str(BENCH_DIR))
+
+from bare_loop import step_intervals  # noqa: E402 - after the path above
 
 CASES = ("fmnist_mlp", "cifar_resnet18_cnn", "sweep10", "fixed_cost")
 #: cases run only when --cases names them (benchmarks/gpu.sh): a 34M-parameter teacher is slow on a CPU
@@ -65,6 +68,13 @@ CIFAR_CASES: dict[str, tuple[str, str, str, dict[str, tuple[str, str, float]]]] 
     ),
 }
 SWEEP_BOUND_TARGET = 1.2  # kdlight's sweep wall time / its bound, at most
+STEP_MEDIAN_NOTE = (
+    "targets.*.step_median_ratio: the same ratio from each run's median step interval (start to next "
+    "start, the next batch's fetch included; step_ms_median) instead of throughput: it leaves out the "
+    "rare slow steps (logging steps, host bursts) and the work between epochs, so it is the steadier "
+    "figure for per-step overhead; ratio (throughput) is what the targets are judged on. CPU only: "
+    "a CUDA bare-loop step is not synchronised"
+)
 
 
 class EpochTimer(L.Callback):
@@ -81,6 +91,7 @@ class EpochTimer(L.Callback):
         self._has_store = False
         self._step_t0 = 0.0
         self._steps_s = 0.0
+        self._starts: list[float] = []
         self._prev_start: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -112,6 +123,7 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._store_s, self._computed, self._samples, self._steps = 0.0, 0, 0, 0
         self._steps_s = 0.0
+        self._starts = []
         # callbacks run before the module's hook, so a store fill is inside
         self._t0 = self._now(pl_module)
         self._close_previous(self._t0)
@@ -124,6 +136,7 @@ class EpochTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step_t0 = self._now(pl_module)
+        self._starts.append(self._step_t0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._steps_s += self._now(pl_module) - self._step_t0
@@ -138,6 +151,8 @@ class EpochTimer(L.Callback):
             "samples": self._samples,
             "steps": self._steps,
             "steps_s": self._steps_s,
+            # start to next start: a step's own work plus the fetch of the next batch
+            "step_intervals": step_intervals(self._starts, self._now(pl_module)),
         }
         if self._has_store:
             epoch.update(store_s=self._store_s, store_views_computed=self._computed)
@@ -327,6 +342,9 @@ def _epochs_summary(epochs: list[dict[str, Any]], wall_s: float | None = None) -
         )
     if all("steps_s" in e for e in epochs):
         out["steps_s"] = _r(sum(e["steps_s"] for e in epochs))
+    intervals = [i for e in epochs for i in e.get("step_intervals", [])]
+    if intervals:  # the typical step, start to next start: a burst of host noise moves it little
+        out["step_ms_median"] = _r(1000 * statistics.median(intervals))
     walls = [e["wall_s"] - e["steps_s"] for e in epochs if "wall_s" in e and "steps_s" in e]
     if walls:  # epoch start to next epoch start, minus the steps: validation, checkpoints, store
         out["outside_steps_s_per_epoch"] = [_r(w) for w in walls]
@@ -362,6 +380,25 @@ def _targets(
         rounds = _per_round(runs, num, den)
         if rounds is not None:  # --repeat: ratio is of the medians; these are each round's
             out[name]["per_round"] = rounds
+        out[name].update(_step_median_ratio(runs[num], runs[den]))
+    return out
+
+
+def _step_median_ratio(num: dict[str, Any], den: dict[str, Any]) -> dict[str, Any]:
+    """The same ratio from the typical step (median start-to-start interval) instead of throughput.
+
+    A step's interval has all of its per-step work in it (the fetch of the next batch too) but
+    not the rare slow steps (a logging step, a burst of host noise), nor the work between epochs;
+    so it answers "how much slower is a typical step" with less noise than ``ratio``, which stays
+    the figure the targets are judged on. Over rounds: the median of each run's step medians.
+    """
+    a = num.get("repeats_step_ms_median") or [num.get("step_ms_median")]
+    b = den.get("repeats_step_ms_median") or [den.get("step_ms_median")]
+    if not all(a) or not all(b):
+        return {}
+    out: dict[str, Any] = {"step_median_ratio": _ratio(statistics.median(b), statistics.median(a))}
+    if len(a) > 1 and len(a) == len(b):
+        out["step_median_per_round"] = [_ratio(y, x) for x, y in zip(a, b, strict=True)]
     return out
 
 
@@ -387,6 +424,8 @@ def _repeated(
         chosen = dict(sorted(runs, key=lambda x: x["samples_per_s"] or 0.0)[(len(runs) - 1) // 2])
         if repeat > 1:
             chosen["repeats_samples_per_s"] = [x["samples_per_s"] for x in runs]
+            if all(x.get("step_ms_median") for x in runs):
+                chosen["repeats_step_ms_median"] = [x["step_ms_median"] for x in runs]
         out[name] = chosen
     return out
 
@@ -629,6 +668,7 @@ def case_fmnist_mlp(o: Options, work: Path) -> dict[str, Any]:
             "the warm run reuses the same store directory and computes nothing (store_views_computed=0)",
             "kd_warm_epoch_over_student_epoch: mean warm-store KD epoch time / mean epoch time of the same "
             "student trained alone with cross-entropy (+experiment=fmnist_mlp)",
+            STEP_MEDIAN_NOTE,
         ],
     }
 
@@ -708,6 +748,7 @@ def case_cifar(o: Options, work: Path, name: str = "cifar_resnet18_cnn") -> dict
             "kdlight's CIFAR-10 batches are channels-last (data.channels_last, default true); the plain loop's are NCHW, "
             "as torchvision's transforms make them",
             "a warm store is what every run after the first of a sweep over alpha, T or lr sees (case sweep10)",
+            STEP_MEDIAN_NOTE,
         ],
     }
 

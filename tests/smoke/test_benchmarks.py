@@ -65,6 +65,31 @@ def test_repeat_reports_every_round_and_the_median_round(quick_report, name):
         assert run["samples_per_s"] == min(rounds)  # the lower middle of two
     for target in case["targets"].values():
         assert len(target["per_round"]) == 2 and all(r > 0 for r in target["per_round"])
+        # the typical step's ratio too, from each round's median step interval
+        assert len(target["step_median_per_round"]) == 2 and target["step_median_ratio"] > 0
+    for run in repeated.values():
+        assert len(run["repeats_step_ms_median"]) == 2 and run["step_ms_median"] > 0
+
+
+def test_step_intervals_and_the_step_median_ratio():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bare_loop
+    import bench_kd
+
+    # starts at 0, 1, 3 and the epoch's end at 6: intervals 1, 2, 3
+    assert bare_loop.step_intervals([0.0, 1.0, 3.0], 6.0) == [1.0, 2.0, 3.0]
+    summary = bench_kd._epochs_summary(
+        [{"samples": 3, "seconds": 6.0, "steps": 3, "step_intervals": [1.0, 2.0, 3.0]}]
+    )
+    assert summary["step_ms_median"] == 2000.0
+    # kdlight's steps take 4 and 5 ms in two rounds, the bare loop's 2 and 3: medians 4.5 and 2.5
+    kd = {"step_ms_median": 4.0, "repeats_step_ms_median": [4.0, 5.0]}
+    bare = {"step_ms_median": 2.0, "repeats_step_ms_median": [2.0, 3.0]}
+    assert bench_kd._step_median_ratio(kd, bare) == {
+        "step_median_ratio": round(2.5 / 4.5, 4),
+        "step_median_per_round": [0.5, 0.6],
+    }
+    assert bench_kd._step_median_ratio({"step_ms_median": None}, bare) == {}
 
 
 def test_repeated_rounds_rotate_and_pick_the_median(monkeypatch):

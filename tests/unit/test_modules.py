@@ -92,3 +92,22 @@ def test_train_accuracy_is_the_epochs_fraction_of_correct_predictions():
     module.update_train_acc(eye[[1]], torch.tensor([1]))
     module.on_train_epoch_end()
     assert float(logged["train/acc"].compute()) == 1.0
+
+
+def test_per_step_attributes_skip_module_bookkeeping_but_stay_plain_attributes():
+    from kdlight.engine import STEP_ATTRIBUTES
+
+    module, _, _ = _distiller()
+    params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
+    for name in STEP_ATTRIBUTES:
+        setattr(module, name, torch.ones(2))  # a tensor too: never taken for a buffer
+        assert torch.equal(getattr(module, name), torch.ones(2))
+    assert dict(module.named_parameters()).keys() == params.keys()
+    assert dict(module.named_buffers()).keys() == buffers.keys()
+    assert not any(k.split(".")[0] in STEP_ATTRIBUTES for k in module.state_dict())
+    # every other name still goes through nn.Module: parameters and submodules register
+    module.extra = torch.nn.Parameter(torch.zeros(3))
+    module.head = torch.nn.Linear(2, 2)
+    assert "extra" in dict(module.named_parameters())
+    assert "head.weight" in dict(module.named_parameters())
+    assert "head" in dict(module.named_children())
