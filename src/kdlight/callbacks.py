@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar as LightningRichProgressBar
 
+from kdlight.errors import ConfigError
+
 
 class RNGState(L.Callback):
     """Keep the global RNG states in every checkpoint and restore them on resume.
@@ -49,7 +51,7 @@ class RichProgressBar(LightningRichProgressBar):
     def __init__(self, min_interval_s: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not (isinstance(min_interval_s, (int, float)) and min_interval_s >= 0):
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.progress_bar.min_interval_s={min_interval_s!r} is invalid; give seconds >= 0."
             )
         self.min_interval_s = float(min_interval_s)

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import RichProgressBar as LightningBar
 
 import kdlight.callbacks as callbacks_module
 from kdlight.callbacks import RichProgressBar
+from kdlight.errors import ConfigError
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_zero_interval_is_lightnings_bar_and_a_bad_interval_is_refused(drawn, mo
     for i in range(4):
         bar.on_train_batch_end(None, None, None, None, i)
     assert calls == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match=r"min_interval_s=-1 is invalid"):
+    with pytest.raises(ConfigError, match=r"min_interval_s=-1 is invalid"):
         RichProgressBar(min_interval_s=-1)
 
 
