@@ -111,3 +111,39 @@ def test_per_step_attributes_skip_module_bookkeeping_but_stay_plain_attributes()
     assert "extra" in dict(module.named_parameters())
     assert "head.weight" in dict(module.named_parameters())
     assert "head" in dict(module.named_children())
+
+
+def test_val_accuracy_is_the_epochs_fraction_not_the_mean_of_batches():
+    module = ClassifierModule(MLP(784, (16,)), 3, SGD)
+    module.net = torch.nn.Identity()  # the "logits" are the inputs
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    eye = torch.eye(3)
+    # batch 1: 3 of 4 right; batch 2: 0 of 2 -> 3/6 = 0.5 (the mean of batch accuracies would be 0.375)
+    module.validation_step({"x": eye[[0, 1, 2, 0]], "y": torch.tensor([0, 1, 1, 0])}, 0)
+    module.validation_step({"x": eye[[2, 2]], "y": torch.tensor([0, 1])}, 1)
+    assert "val/acc" not in logged  # once per epoch, not per step
+    module.on_validation_epoch_end()
+    assert float(logged["val/acc"].compute()) == pytest.approx(0.5)
+    # an epoch without a batch logs nothing (no 0 from an empty metric)
+    logged.clear()
+    module.val_acc.reset()
+    module.on_validation_epoch_end()
+    module.on_test_epoch_end()
+    assert logged == {}
+
+
+def test_test_agreement_is_logged_once_per_epoch_over_every_batch():
+    module, teacher, student = _distiller()
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    batches = [_batch(8), _batch(5)]
+    for i, b in enumerate(batches):
+        module.test_step(b, i)
+    module.on_test_epoch_end()
+    with torch.no_grad():
+        x = torch.cat([b["x"] for b in batches])
+        same = (student.eval()(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean()
+        right = (student(x).argmax(1) == torch.cat([b["y"] for b in batches])).float().mean()
+    assert float(logged["test/agreement"].compute()) == pytest.approx(float(same))
+    assert float(logged["test/acc"].compute()) == pytest.approx(float(right))
