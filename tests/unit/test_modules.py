@@ -122,9 +122,14 @@ def test_val_accuracy_is_the_epochs_fraction_not_the_mean_of_batches():
     # batch 1: 3 of 4 right; batch 2: 0 of 2 -> 3/6 = 0.5 (the mean of batch accuracies would be 0.375)
     module.validation_step({"x": eye[[0, 1, 2, 0]], "y": torch.tensor([0, 1, 1, 0])}, 0)
     module.validation_step({"x": eye[[2, 2]], "y": torch.tensor([0, 1])}, 1)
-    assert "val/acc" not in logged  # once per epoch, not per step
+    assert "val/acc" not in logged and "val/loss" not in logged  # once per epoch, not per step
     module.on_validation_epoch_end()
     assert float(logged["val/acc"].compute()) == pytest.approx(0.5)
+    # val/loss: the sample-weighted mean of the batches' mean cross-entropies (4 and 2 samples)
+    ce = torch.nn.functional.cross_entropy
+    b1 = ce(eye[[0, 1, 2, 0]], torch.tensor([0, 1, 1, 0]))
+    b2 = ce(eye[[2, 2]], torch.tensor([0, 1]))
+    assert float(logged["val/loss"].compute()) == pytest.approx(float((4 * b1 + 2 * b2) / 6))
     # an epoch without a batch logs nothing (no 0 from an empty metric)
     logged.clear()
     module.val_acc.reset()
