@@ -89,9 +89,8 @@ class EpochTimer(L.Callback):
         self._steps = 0
         self._t0 = 0.0
         self._has_store = False
-        self._step_t0 = 0.0
         self._steps_s = 0.0
-        self._starts: list[float] = []
+        self._starts: list[float] = []  # each step's start, this epoch
         self._prev_start: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -135,11 +134,10 @@ class EpochTimer(L.Callback):
             self.epochs[-1]["wall_s"] = now - self._prev_start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._step_t0 = self._now(pl_module)
-        self._starts.append(self._step_t0)
+        self._starts.append(self._now(pl_module))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._steps_s += self._now(pl_module) - self._step_t0
+        self._steps_s += self._now(pl_module) - self._starts[-1]
         self._samples += int(batch["idx"].numel())
         self._steps += 1
 

@@ -152,10 +152,11 @@ class EvalModule(L.LightningModule):
             self.train_acc.update(self._train_hits / self._train_seen, weight=self._train_seen)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
 
+    def _eval_metrics(self, stage: str) -> tuple[MulticlassAccuracy, MeanMetric]:
+        return (self.val_acc, self.val_loss) if stage == "val" else (self.test_acc, self.test_loss)
+
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        acc, mean_loss = (
-            (self.val_acc, self.val_loss) if stage == "val" else (self.test_acc, self.test_loss)
-        )
+        acc, mean_loss = self._eval_metrics(stage)
         logits = self.net(batch["x"])
         y = batch["y"]
         loss = F.cross_entropy(logits.float(), y)
@@ -166,7 +167,8 @@ class EvalModule(L.LightningModule):
         mean_loss.update(loss.detach(), weight=y.numel())
         return logits
 
-    def _log_eval_epoch(self, stage: str, acc: MulticlassAccuracy, mean_loss: MeanMetric) -> None:
+    def _log_eval_epoch(self, stage: str) -> None:
+        acc, mean_loss = self._eval_metrics(stage)
         # the metric objects: Lightning computes them over the epoch (synced across processes)
         # and resets them; an epoch without a batch logs nothing, as before
         if acc.update_called:
@@ -174,10 +176,10 @@ class EvalModule(L.LightningModule):
             self.log(f"{stage}/acc", acc, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval_epoch("val", self.val_acc, self.val_loss)
+        self._log_eval_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval_epoch("test", self.test_acc, self.test_loss)
+        self._log_eval_epoch("test")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
