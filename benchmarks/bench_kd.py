@@ -196,6 +196,7 @@ class Options:
     fixed_samples: int
     baseline_src: str | None
     repeat: int = 1
+    fused: str = "kdlight"
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -275,6 +276,8 @@ def _compose(
         "+trainer.limit_test_batches=1",  # run() always tests: one training-sized batch keeps it small
         "module.log_agreement=false",  # else the test pass runs the teacher over the test set
     ]
+    if o.fused == "none":
+        base.append("module.fused_optimizer=false")
     if not full_callbacks:
         base += [
             "~logger",
@@ -458,7 +461,7 @@ def _bare(
         teacher.load_state_dict(torch.load(teacher_file, map_location="cpu", weights_only=True))
     torch.manual_seed(int(cfg.seed))
     student = instantiate(cfg.student)
-    optimizer = instantiate(cfg.module.optimizer)(student.parameters())
+    optimizer = _loop_optimizer(cfg, student, o)
     distill = cfg.get("distill")
     res = train_bare(
         student,
@@ -478,6 +481,16 @@ def _bare(
     result = _epochs_summary(res["epochs"])
     _log(f"  {tag}: {result['samples_per_s']} samples/s over {result['samples']} samples")
     return result
+
+
+def _loop_optimizer(cfg, student: torch.nn.Module, o: Options) -> torch.optim.Optimizer:
+    """The hand-written loops' optimizer: the config's, as written (``--fused all``: its fused kernel)."""
+    from hydra.utils import instantiate
+
+    factory = instantiate(cfg.module.optimizer)
+    if o.fused == "all":
+        return factory(student.parameters(), fused=True)
+    return factory(student.parameters())
 
 
 def _normalised_train(
@@ -539,7 +552,7 @@ def _plain(cfg, teacher_file: Path, dataset, o: Options, epochs: int) -> dict[st
     teacher.load_state_dict(torch.load(teacher_file, map_location="cpu", weights_only=True))
     torch.manual_seed(int(cfg.seed))
     student = instantiate(cfg.student)
-    optimizer = instantiate(cfg.module.optimizer)(student.parameters())
+    optimizer = _loop_optimizer(cfg, student, o)
     res = train_kd(
         teacher,
         student,
@@ -1079,6 +1092,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         default=None,
         help="fixed_cost: also time the +debug=fdr run with this checkout's src/ first on PYTHONPATH",
     )
+    p.add_argument(
+        "--fused",
+        choices=("kdlight", "all", "none"),
+        default="kdlight",
+        help="the optimizer's fused kernel: kdlight (kdlight's default module.fused_optimizer=auto; "
+        "the hand-written loops use the optimizer as the config writes it), all (the loops too), "
+        "none (kdlight with module.fused_optimizer=false as well)",
+    )
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     a = p.parse_args(argv)
     cases = tuple(c.strip() for c in a.cases.split(",") if c.strip())
@@ -1111,6 +1132,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         fixed_samples=a.fixed_samples or (64 if a.quick else 2750),
         baseline_src=str(Path(a.baseline_src).resolve()) if a.baseline_src else None,
         repeat=a.repeat,
+        fused=a.fused,
     )
     return o, a
 

@@ -161,6 +161,7 @@ def _train(cfg: DictConfig, net: nn.Module, datamodule, folder: Path, key, h: st
         num_classes=datamodule.num_classes,
         optimizer=instantiate(tt.optimizer),
         scheduler=instantiate(tt.scheduler) if tt.get("scheduler") else None,
+        fused_optimizer=cfg.module.get("fused_optimizer", "auto"),
     )
     shutil.rmtree(folder / "ckpt", ignore_errors=True)  # leftovers of an interrupted training
     ckpt_cb = ModelCheckpoint(

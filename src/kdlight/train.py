@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from kdlight.engine import check_outputs
+from kdlight.engine import check_outputs, fused_optimizer_setting
 from kdlight.errors import ConfigError, KdlightError, find_user_error, user_errors_exit
 from kdlight.io import atomic_write_json
 
@@ -197,7 +197,12 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[st
 
         check_outputs(student, example, num_classes, "student")
         module = ClassifierModule(
-            student, num_classes, optimizer, scheduler, compile=module_cfg.get("compile", False)
+            student,
+            num_classes,
+            optimizer,
+            scheduler,
+            compile=module_cfg.get("compile", False),
+            fused_optimizer=module_cfg.get("fused_optimizer", "auto"),
         )
     else:
         from kdlight.engine import DistillationModule
@@ -221,6 +226,7 @@ def _run(cfg: DictConfig, out: Path, hp: dict[str, Any], method=None) -> dict[st
             compile=module_cfg.get("compile", False),
             teacher_store=store,
             log_agreement=module_cfg.get("log_agreement", True),
+            fused_optimizer=module_cfg.get("fused_optimizer", "auto"),
         )
         datamodule = module.fit_datamodule(datamodule)  # data-free KD trains on a transfer set
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -421,6 +427,7 @@ def check_values(cfg: DictConfig) -> None:
             f"data.labeled_fraction={fraction} is invalid; it must be in (0, 1] (e.g. 0.05 for 5%)."
         )
     _check_lr(cfg, "module.optimizer.lr")
+    fused_optimizer_setting(_value(cfg, "module.fused_optimizer"))
     _check_max_epochs(cfg, "trainer.max_epochs")
     if _trains_teacher(cfg):
         _check_max_epochs(cfg, "teacher_train.max_epochs")

@@ -258,6 +258,12 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
         ),
         "lr <= 0": ([mlp, "module.optimizer.lr=0"], ["module.optimizer.lr=0", "> 0"], {}, None),
         "trainer.max_epochs 0": ([mlp, "trainer.max_epochs=0"], ["trainer.max_epochs=0"], {}, None),
+        "fused optimizer setting not auto/true/false": (
+            [mlp, "module.fused_optimizer=sometimes"],
+            ["module.fused_optimizer='sometimes'", "auto, true or false"],
+            {},
+            None,
+        ),
         "teacher_train.max_epochs 0": (
             [kd, "teacher_train.max_epochs=0", "teacher.hidden=[8]"],
             ["teacher_train.max_epochs=0", "untrained"],
