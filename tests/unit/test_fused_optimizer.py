@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.engine import ClassifierModule, fused_optimizer_setting, make_optimizer
+from kdlight.engine import (
+    ClassifierModule,
+    fill_momentum_buffers,
+    fused_optimizer_setting,
+    make_optimizer,
+)
 from kdlight.errors import ConfigError
 
 
@@ -123,4 +128,42 @@ def test_a_fit_uses_the_fused_kernel_unless_switched_off():
         )
     assert seen["auto"][0] and not seen[False][0]
     for a, b in zip(seen["auto"][1], seen[False][1], strict=True):
-        assert torch.equal(a, b)  # plain momentum SGD: the fused kernel's weights are bit-identical
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # a few ulp apart
+
+
+def test_a_parameter_that_starts_training_late_moves_as_with_the_unfused_sgd():
+    """FitNets' KD stage: parameters get their first gradient after others have momentum."""
+    lr, m, wd = 0.1, 0.9, 1e-3
+    weights = {}
+    for fused in (True, False):
+        a, b = _params()[:2]
+        expected = [a.detach().clone(), b.detach().clone()]
+        bufs = [None, None]
+        opt = torch.optim.SGD([a, b], lr=lr, momentum=m, weight_decay=wd, fused=fused)
+        gen = torch.Generator().manual_seed(2)
+        for step in range(5):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = torch.randn(b.shape, generator=gen) if step >= 2 else None
+            fill_momentum_buffers(opt)  # what EvalModule.optimizer_step does after the closure
+            opt.step()
+            # written out: a buffer starts as the first (decayed) gradient, then b = m*b + g
+            for i, p in enumerate((a, b)):
+                if p.grad is not None:
+                    g = p.grad + wd * expected[i]
+                    bufs[i] = g.clone() if bufs[i] is None else m * bufs[i] + g
+                    expected[i] = expected[i] - lr * bufs[i]
+        weights[fused] = (a.detach().clone(), b.detach().clone())
+        for p, e in zip((a, b), expected, strict=True):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-6)
+    # the fused kernel rounds once where the unfused SGD rounds twice: a few ulp apart
+    for x, y in zip(weights[True], weights[False], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_auto_leaves_sgd_with_dampening_unfused():
+    opt = make_optimizer(partial(torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1), _params())
+    assert not _is_fused(opt)
+    with pytest.raises(ConfigError, match="dampening"):
+        make_optimizer(
+            partial(torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1), _params(), True
+        )
