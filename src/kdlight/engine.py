@@ -53,7 +53,7 @@ def fused_optimizer_setting(value: Any) -> bool | str:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ConfigError(f"module.fused_optimizer={value!r} is not valid; use auto, true or false.")
+    raise ConfigError(f"module.fused_optimizer={value} is not valid; use auto, true or false.")
 
 
 def make_optimizer(

@@ -260,7 +260,7 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
         "trainer.max_epochs 0": ([mlp, "trainer.max_epochs=0"], ["trainer.max_epochs=0"], {}, None),
         "fused optimizer setting not auto/true/false": (
             [mlp, "module.fused_optimizer=sometimes"],
-            ["module.fused_optimizer='sometimes'", "auto, true or false"],
+            ["module.fused_optimizer=sometimes is not valid", "auto, true or false"],
             {},
             None,
         ),
