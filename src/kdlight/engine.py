@@ -288,14 +288,13 @@ class EvalModule(L.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         # Lightning's default, plus the momentum buffers a fused SGD needs once the closure has
         # computed this step's gradients (see fill_momentum_buffers)
-        if optimizer_closure is not None and _fills_momentum(
-            getattr(optimizer, "optimizer", optimizer)
-        ):
+        inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer Lightning wraps
+        if optimizer_closure is not None and _fills_momentum(inner):
             closure = optimizer_closure
 
             def optimizer_closure():
                 out = closure()
-                fill_momentum_buffers(getattr(optimizer, "optimizer", optimizer))
+                fill_momentum_buffers(inner)
                 return out
 
         optimizer.step(closure=optimizer_closure)
