@@ -73,9 +73,17 @@ def test_store_served_runs_equal_online_runs_step_by_step(method, make_cfg, tmp_
     online = _losses(make_cfg, *common, "teacher_store.enabled=false", store_dir=store)
     served = _losses(make_cfg, *common, "teacher_store.enabled=true", store_dir=store)
     assert len(online) == len(served) == 4
+    # The store promises the teacher's outputs on the same inputs to float32 rounding of the
+    # teacher forward (tests/unit/test_store_exactness.py), not bit-identical ones: eval-sized
+    # and training-sized batches may round differently (AVX-512: logits ~1e-6 apart). A loss term
+    # is smooth in the teacher logits, with a gradient of order T * |log p_t - log p_s| <= ~1e2
+    # here, so a 1e-6 logit difference moves a term by <~1e-4 relatively or a few 1e-6 absolutely
+    # (small KD terms are differences of nearly equal numbers, so only the absolute part holds
+    # for them; seen on AVX-512: 0.0025678 vs 0.0025671), compounded over 4 steps. A row served
+    # from another sample changes a term by its own size (>= 1e-3 here).
     for a, b in zip(online, served, strict=True):
         assert a.keys() == b.keys() and "train/loss" in a
-        assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+        assert b == pytest.approx(a, rel=1e-4, abs=2e-5)
     # the feature methods were served their teacher forms from the store, not online
     forms = {t for t in stored_tables(store) if t != "logits"}
     if method in FORMS:
