@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdlight-installed
+DOCS_STAMP := $(VENV)/.kdlight-docs-installed
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
 EXPERIMENT ?= fmnist_mlp_kd
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-all lint format tensorboard bench clean
+.PHONY: help install data train test test-all lint format tensorboard bench bench-peers docs docs-serve clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +52,20 @@ tensorboard: install ## open TensorBoard on every run under logs/
 bench: install data ## speed benchmarks (JSON on stdout; see benchmarks/)
 	$(PY) benchmarks/bench_kd.py
 
+bench-peers: install ## kdlight vs timm and torchdistill (own venv benchmarks/peers/.venv); writes docs/performance/peers.*
+	bash benchmarks/peers/setup_venv.sh $(PY)
+	$(PY) benchmarks/peers/bench_peers.py --output docs/performance/peers.json --page docs/performance/peers.md $(ARGS)
+
+docs: $(DOCS_STAMP) ## build the docs site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP) ## serve the docs site with live reload on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 clean: ## remove logs, stores, caches (keeps .venv and data/)
-	rm -rf logs store outputs multirun lightning_logs .pytest_cache .ruff_cache
+	rm -rf logs store outputs multirun lightning_logs site .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

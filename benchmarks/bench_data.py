@@ -44,7 +44,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from bench_imagefolder import write_tree  # noqa: E402
-from bench_kd import _quiet, _r, _ratio, emit, machine  # noqa: E402
+from kd.harness import emit, machine, quiet, ratio, rounded  # noqa: E402
 
 SIDES = (
     "torchvision",
@@ -102,7 +102,7 @@ def kdlight_epoch(
     classes: int,
     normalise: bool = True,
 ) -> tuple[int, float]:
-    from kdlight.data.image_folder import ImageFolderDataModule
+    from kdlight.data.modules.image_folder import ImageFolderDataModule
 
     dm = ImageFolderDataModule(
         root=str(root),
@@ -152,8 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    _quiet()
-    from kdlight.data.shards import convert
+    quiet()
+    from kdlight.data.shards.convert import convert
 
     workers = [int(w) for w in a.workers.split(",") if w.strip()]
     if a.threads is not None:
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),
         "uptime_start": _uptime(),
-        "loadavg_start": [_r(x, 2) for x in os.getloadavg()],
+        "loadavg_start": [rounded(x, 2) for x in os.getloadavg()],
         "batch_size": a.batch_size,
         "image_size": a.image_size,
         "workers": workers,
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"converting {root} to shards in {shards}")
         start = time.perf_counter()
         convert(root, shards, progress=False)
-        doc["convert_s"] = _r(time.perf_counter() - start)
+        doc["convert_s"] = rounded(time.perf_counter() - start)
         doc["shards_bytes"] = sum(f.stat().st_size for f in shards.rglob("*.bin"))
         doc["tree_bytes"] = sum(
             f.stat().st_size for f in (root / "train").rglob("*") if f.is_file()
@@ -211,22 +211,22 @@ def main(argv: list[str] | None = None) -> int:
             best = {s: max(v) for s, v in sides.items()}
             runs[str(w)] = {
                 **{
-                    s: {"images": counts[s], "images_per_s": [_r(x, 1) for x in v]}
+                    s: {"images": counts[s], "images_per_s": [rounded(x, 1) for x in v]}
                     for s, v in sides.items()
                 },
-                "ratio_folder_to_torchvision": _ratio(best["kdlight_folder"], best["torchvision"]),
-                "ratio_shards_to_torchvision": _ratio(best["kdlight_shards"], best["torchvision"]),
-                "ratio_shards_to_folder": _ratio(best["kdlight_shards"], best["kdlight_folder"]),
-                "ratio_folder_uint8_to_torchvision": _ratio(
+                "ratio_folder_to_torchvision": ratio(best["kdlight_folder"], best["torchvision"]),
+                "ratio_shards_to_torchvision": ratio(best["kdlight_shards"], best["torchvision"]),
+                "ratio_shards_to_folder": ratio(best["kdlight_shards"], best["kdlight_folder"]),
+                "ratio_folder_uint8_to_torchvision": ratio(
                     best["kdlight_folder_uint8"], best["torchvision"]
                 ),
-                "ratio_shards_uint8_to_torchvision": _ratio(
+                "ratio_shards_uint8_to_torchvision": ratio(
                     best["kdlight_shards_uint8"], best["torchvision"]
                 ),
             }
         doc["runs"] = runs
     doc["uptime_end"] = _uptime()
-    doc["loadavg_end"] = [_r(x, 2) for x in os.getloadavg()]
+    doc["loadavg_end"] = [rounded(x, 2) for x in os.getloadavg()]
     emit(doc, a.output)
     return 0
 

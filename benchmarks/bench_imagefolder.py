@@ -41,7 +41,7 @@ CONF_DIR = BENCH_DIR.parent / "src" / "kdlight" / "conf"
 if str(BENCH_DIR) not in sys.path:  # Hydra instantiates bench_imagefolder.EpochClock
     sys.path.insert(0, str(BENCH_DIR))
 
-from bench_kd import _quiet, _r, _ratio, _stdout_to_stderr, emit, machine  # noqa: E402
+from kd.harness import emit, machine, quiet, ratio, rounded, stdout_to_stderr  # noqa: E402
 
 EXPERIMENT = "imagefolder_resnet18_kd"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -97,7 +97,7 @@ def write_tree(
         "side_range": list(sides),
         "mean_pixels": round(float(np.mean(pixels))),
         "mean_jpeg_bytes": round(float(np.mean(sizes))),
-        "write_s": _r(time.perf_counter() - start),
+        "write_s": rounded(time.perf_counter() - start),
     }
 
 
@@ -155,9 +155,9 @@ def summarise(epochs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "epochs": len(epochs),
         "steps": steps,
         "samples": samples,
-        "seconds": _r(seconds),
-        "samples_per_s": _r(samples / seconds, 1) if seconds > 0 else None,
-        "steady_samples_per_s": _r(steady_n / steady_s, 1) if steady_s > 0 else None,
+        "seconds": rounded(seconds),
+        "samples_per_s": rounded(samples / seconds, 1) if seconds > 0 else None,
+        "steady_samples_per_s": rounded(steady_n / steady_s, 1) if steady_s > 0 else None,
     }
 
 
@@ -301,13 +301,13 @@ def compute_limit(cfg, teacher_file: Path, a: argparse.Namespace, device: torch.
         "steps": a.steps,
         "warmup_steps": warmup,
         "samples": samples,
-        "seconds": _r(seconds),
-        "samples_per_s": _r(samples / seconds, 1),
+        "seconds": rounded(seconds),
+        "samples_per_s": rounded(samples / seconds, 1),
     }
 
 
 def kdlight_online(cfg_overrides, a, tree: Path, work: Path) -> dict[str, Any]:
-    from kdlight.train import run
+    from kdlight.run.train import run
 
     clock = work / "clock.json"
     start = time.perf_counter()
@@ -324,7 +324,7 @@ def kdlight_online(cfg_overrides, a, tree: Path, work: Path) -> dict[str, Any]:
     run(cfg)
     wall = time.perf_counter() - start
     epochs = json.loads(clock.read_text())["epochs"]
-    return summarise(epochs, sum(e["steps"] for e in epochs)) | {"run_wall_s": _r(wall)}
+    return summarise(epochs, sum(e["steps"] for e in epochs)) | {"run_wall_s": rounded(wall)}
 
 
 # ---- CLI ---------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    _quiet()
+    quiet()
     device = torch.device(a.device)
     doc: dict[str, Any] = {
         "benchmark": "KD on an image folder (torchvision ResNet-34 -> ResNet-18) vs its input and network limits",
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": a.batch_size,
         "image_size": a.image_size,
         "num_workers": a.num_workers,
-        "loadavg_start": [_r(x, 2) for x in os.getloadavg()],
+        "loadavg_start": [rounded(x, 2) for x in os.getloadavg()],
     }
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kdbench-if-")))
         )
         tree = work / "tree"
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             _log(f"writing {a.images} JPEGs to {tree}")
             doc["tree"] = write_tree(tree, a.images, a.classes, 2, (a.min_side, a.max_side), seed=0)
             per_epoch = math.ceil((a.images - a.classes) / a.batch_size)
@@ -443,14 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     doc |= {
         "runs": runs,
         "ratios": {
-            "kdlight_steady_over_loader_only_steady": _ratio(
+            "kdlight_steady_over_loader_only_steady": ratio(
                 kd["steady_samples_per_s"] or 0.0,
                 runs["loader_only"]["steady_samples_per_s"] or 0.0,
             ),
-            "kdlight_steady_over_compute_limit": _ratio(
+            "kdlight_steady_over_compute_limit": ratio(
                 kd["steady_samples_per_s"] or 0.0, runs["compute_limit"]["samples_per_s"]
             ),
-            "loader_only_steady_over_compute_limit": _ratio(
+            "loader_only_steady_over_compute_limit": ratio(
                 runs["loader_only"]["steady_samples_per_s"] or 0.0,
                 runs["compute_limit"]["samples_per_s"],
             ),
@@ -467,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             "samples_per_s: whole epochs (workers restart each epoch); steady_samples_per_s: each epoch from "
             "the end of its first batch to its end",
         ],
-        "total_s": _r(time.perf_counter() - started),
-        "loadavg_end": [_r(x, 2) for x in os.getloadavg()],
+        "total_s": rounded(time.perf_counter() - started),
+        "loadavg_end": [rounded(x, 2) for x in os.getloadavg()],
     }
     emit(doc, a.output)
     return 0

@@ -1,8 +1,8 @@
 """Top-k teacher store vs the exact store: bytes per view, soft-target and KD-loss error (JSON).
 
 For each K the teacher's logits of one view (no augmentation) go through a real
-:class:`kdlight.store.TeacherLogitStore` with ``top_k=K`` (float16 values, as the default
-store) and are served back rebuilt (:func:`kdlight.store.topk_expand`); they are compared with
+:class:`kdlight.teacher.store.TeacherLogitStore` with ``top_k=K`` (float16 values, as the default
+store) and are served back rebuilt (:func:`kdlight.teacher.topk.topk_expand`); they are compared with
 the exact float16 store's logits (what runs read by default):
 
 - ``bytes_per_view``: the view's ``.npy`` files (data + npy headers; the small JSON metas not
@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from kdlight.checkpoints import load_weights
-from kdlight.data.cifar10 import CIFAR10DataModule
+from kdlight.data.datasets.cifar10 import CIFAR10DataModule
 from kdlight.methods.kd import soft_kl
 from kdlight.models.resnet import ResNet
-from kdlight.store import TeacherLogitStore
+from kdlight.teacher.store import TeacherLogitStore
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,148 +1,29 @@
-"""Shared fixtures: tiny IDX / image-folder datasets written by the tests, and composed configs."""
+"""Shared fixtures: tiny data sets written once a session, and composed configs. What they write
+lives in ``tests/helpers/`` (one copy of each); tests import the helpers from there."""
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from kdlight.data.sources import CIFAR10_CLASSES
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = str(ROOT / "src" / "kdlight" / "conf")
-EXPERIMENTS = sorted(
-    p.stem for p in (ROOT / "src" / "kdlight" / "conf" / "experiment").glob("*.yaml")
+from tests.helpers.data import (
+    write_cifar100_pickles,
+    write_image_folder,
+    write_image_tree,
+    write_mnist_like,
+    write_tiny_imagenet,
 )
+from tests.helpers.overrides import compose_cfg
 
 
-def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
-    """Write ``array`` (uint8) in the IDX format (magic 0x0803 for images, 0x0801 for labels)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(
-        struct.pack(">I", d) for d in array.shape
-    )
-    data = header + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        with gzip.open(path, "wb") as fh:
-            fh.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def make_images(
-    n: int, size: int, channels: int, num_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable toy images: each class lights a different band of rows, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % num_classes
-    rng.shuffle(y)
-    x = rng.integers(0, 60, size=(n, size, size, channels), dtype=np.int64)
-    band = max(1, size // num_classes)
-    for i, c in enumerate(y):
-        x[i, c * band : (c + 1) * band] += 180
-    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
-
-
-def write_mnist_like(
-    root: Path, name: str = "fashion_mnist", n_train: int = 300, n_test: int = 100
-) -> Path:
-    d = root / name
-    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
-        x, y = make_images(n, 28, 1, 10, seed)
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", x[..., 0])
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
-    return root
-
-
-def write_image_folder(root: Path, n_train: int = 200, n_test: int = 60, size: int = 32) -> Path:
-    from PIL import Image
-
-    classes = list(CIFAR10_CLASSES)
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = make_images(n, size, 3, 10, seed)
-        for i, (img, c) in enumerate(zip(x, y, strict=True)):
-            p = root / split / classes[c] / f"{i:04d}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(p)
-    return root
-
-
-def write_cifar100_pickles(
-    folder: Path, n_train: int = 200, n_test: int = 100, protocol: int = 2
-) -> Path:
-    """Write ``train``, ``test``, ``meta`` in CIFAR-100's python pickle format (bytes keys,
-    ``data`` uint8 N x 3072 of R, G, B planes, fine and coarse labels, file names)."""
-    import pickle
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = make_images(n, 32, 3, 100, seed)
-        record = {
-            b"filenames": [f"img_{split}_{i:05d}.png".encode() for i in range(n)],
-            b"batch_label": f"{split}ing batch 1 of 1".encode(),
-            b"fine_labels": [int(c) for c in y],
-            b"coarse_labels": [int(c) // 5 for c in y],
-            b"data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(n, 3072),
-        }
-        (folder / split).write_bytes(pickle.dumps(record, protocol=protocol))
-    meta = {
-        b"fine_label_names": [f"fine_{i:02d}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(20)],
-    }
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=protocol))
-    return folder
-
-
-#: (width, height) of the images write_class_images cycles through: square and not, up and down.
-MIXED_SIZES = ((64, 64), (80, 60), (48, 96), (100, 75))
-
-
-def write_class_images(
-    folder: Path, classes: list[str], per_class: int, seed: int, sizes=MIXED_SIZES, sub: str = ""
-) -> None:
-    """Write ``folder/<class>/<sub>/<i>.png|.jpg``: PNG and JPEG alternating, ``sizes`` cycling."""
-    from PIL import Image
-
-    x, _ = make_images(len(classes) * per_class, 96, 3, len(classes), seed)
-    for i, img in enumerate(x):
-        cls = classes[i % len(classes)]
-        name = f"{cls}_{i:04d}.{'png' if i % 2 else 'jpg'}"
-        path = folder / cls / sub / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).resize(sizes[i % len(sizes)]).save(path)
-
-
-def write_image_tree(root: Path, n_classes: int = 5, per_class: int = 14, n_test: int = 2) -> Path:
-    """An ImageNet-style tree: ``train/<wnid>/*`` and ``val/<wnid>/*``, mixed sizes and formats."""
-    classes = [f"n{i:08d}" for i in range(n_classes)]
-    write_class_images(root / "train", classes, per_class, seed=0)
-    write_class_images(root / "val", classes, n_test, seed=1)
-    return root
-
-
-def write_tiny_imagenet(
-    root: Path, n_classes: int = 5, per_class: int = 14, n_val: int = 10
-) -> Path:
-    """Tiny-ImageNet's layout: ``train/<wnid>/images/*``, ``val/images/*.JPEG`` + ``val_annotations.txt``."""
-    from PIL import Image
-
-    classes = [f"n{i:08d}" for i in range(n_classes)]
-    write_class_images(root / "train", classes, per_class, seed=0, sizes=((64, 64),), sub="images")
-    (root / "wnids.txt").write_text("\n".join(classes) + "\n")
-    (root / "val" / "images").mkdir(parents=True)
-    x, _ = make_images(n_val, 64, 3, n_classes, seed=1)
-    lines = []
-    for i, img in enumerate(x):
-        Image.fromarray(img).save(root / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
-        lines.append(f"val_{i}.JPEG\t{classes[i % n_classes]}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return root
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Data digests and decoded caches go to a folder of this test session, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDLIGHT_CACHE_DIR", str(tmp_path_factory.mktemp("kdlight-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -158,32 +39,6 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     write_image_tree(root / "imagenet")
     write_tiny_imagenet(root / "tiny-imagenet-200")
     return root
-
-
-def compose_cfg(
-    overrides: list[str], tmp_path: Path, data_dir: Path, store_dir: Path | None = None
-) -> DictConfig:
-    """The config a user would get, made tiny: CPU, few samples, no progress bar."""
-    base = [
-        f"paths.data_dir={data_dir}",
-        f"paths.output_dir={tmp_path / 'run'}",
-        f"paths.store_dir={store_dir or tmp_path / 'store'}",
-        "data.download=false",
-        "data.val_size=50",
-        "data.batch_size=16",
-        "data.eval_batch_size=16",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "+trainer.enable_progress_bar=false",
-        "+trainer.enable_model_summary=false",
-        "~callbacks.progress_bar",
-        "teacher_train.max_epochs=1",
-    ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=base + overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-    return cfg
 
 
 @pytest.fixture

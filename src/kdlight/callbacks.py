@@ -2,15 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import RichProgressBar as LightningRichProgressBar
 
-from kdlight.errors import ConfigError
+from kdlight.errors import CheckpointError, ConfigError
+from kdlight.io import atomic_torch_save, fsync_dir
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic where the checkpoint is: a temporary file in the
+    checkpoint's own folder, fsync, rename (:func:`kdlight.io.atomic_torch_save`).
+
+    Lightning's own writer stages the file in the system temp folder and, when that is another
+    file system, copies it over the old checkpoint: a SIGKILL in the copy destroyed ``last.ckpt``
+    and left an orphan in ``/tmp``. Here the old file stays whole until the rename; a failed write
+    (a full disk) removes its temporary file (freeing the space for the run's ``failed`` record)
+    and stops the run in one sentence. A link planted at the checkpoint's name is refused, never
+    written through. Remote paths (``s3://``...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(str(path)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as exc:
+            raise CheckpointError(
+                f"writing the checkpoint {path} failed ({exc.strerror or exc}); the previous "
+                f"{path.name} (if any) is intact, so free space or fix {path.parent} and resume "
+                "with ckpt_path=last."
+            ) from exc
+        # temporary files of a process killed while writing this checkpoint (one process
+        # writes in a locked run folder)
+        for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                orphan.unlink()
+        fsync_dir(path.parent)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose files are written by :class:`AtomicCheckpointIO`.
+
+    It installs that writer on the Trainer's strategy when the strategy uses Lightning's plain
+    ``TorchCheckpointIO`` (a writer the user configured, e.g. async, is kept), so every
+    checkpoint of the run (``last.ckpt``, the validation-best) appears whole or not at all.
+    Arguments: Lightning's.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 class RNGState(L.Callback):
@@ -19,7 +72,7 @@ class RNGState(L.Callback):
     Lightning restores weights, optimizer and loop counters, not the RNG, so without this a run
     resumed with ``ckpt_path=last`` draws other dropout masks than an uninterrupted run with the
     same seed. The shuffle order needs no help: it is a function of (seed, epoch) (see
-    ``kdlight.data.base``). Only tensors are stored, so the checkpoint stays weights-only loadable.
+    ``kdlight.data.modules.array``). Only tensors are stored, so the checkpoint stays weights-only loadable.
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,7 +11,6 @@ instead would put two jobs on one GPU as soon as jobs finish out of order, and s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from kdlight.errors import ConfigError
+from kdlight.io import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,13 @@ def exclusive_gpu(
     while True:
         for k in range(n_gpus):
             index = (start + k) % n_gpus
-            fd = os.open(folder / f"gpu{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            held = try_lock(folder / f"gpu{index}.lock", f"pid {os.getpid()}")
+            if held is None:
                 continue
             try:
                 yield index
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+                held.close()  # releases the flock
             return
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlight.data import sources
-from kdlight.data.sources import load_cifar10, load_image_folder, load_mnist_family
+from kdlight.data.datasets import cifar10 as cifar10_data
+from kdlight.data.datasets import mnist as mnist_data
+from kdlight.data.datasets.cifar10 import load_cifar10
+from kdlight.data.datasets.mnist import load_mnist_family
+from kdlight.data.formats.image_tree import load_image_folder
 
 pytestmark = pytest.mark.slow
 
 
 def shared_archive() -> Path | None:
     """The shared CIFAR-10 archive: ``$KDLIGHT_CIFAR10_ARCHIVE``, else the module's fallbacks."""
-    env = os.environ.get(sources.CIFAR10_ARCHIVE_ENV)
-    candidates = [Path(env)] if env else list(sources.CIFAR10_FALLBACK_ARCHIVES)
+    env = os.environ.get(cifar10_data.CIFAR10_ARCHIVE_ENV)
+    candidates = [Path(env)] if env else list(cifar10_data.CIFAR10_FALLBACK_ARCHIVES)
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -26,14 +29,14 @@ def cifar10(tmp_path_factory):
     archive = shared_archive()
     if archive is None:
         pytest.skip(
-            f"no shared {sources.CIFAR10_ARCHIVE_NAME} (set ${sources.CIFAR10_ARCHIVE_ENV} or "
+            f"no shared {cifar10_data.CIFAR10_ARCHIVE_NAME} (set ${cifar10_data.CIFAR10_ARCHIVE_ENV} or "
             f"place it at ../shared/data/)"
         )
     return load_cifar10(tmp_path_factory.mktemp("empty-data-dir"), download=False, progress=False)
 
 
 def test_cifar10_shapes_and_class_counts(cifar10):
-    assert cifar10.classes == list(sources.CIFAR10_CLASSES)
+    assert cifar10.classes == list(cifar10_data.CIFAR10_CLASSES)
     assert cifar10.train_x.shape == (50000, 3, 32, 32) and cifar10.train_x.dtype == torch.uint8
     assert cifar10.test_x.shape == (10000, 3, 32, 32)
     assert torch.bincount(cifar10.train_y).tolist() == [5000] * 10
@@ -57,8 +60,8 @@ def test_cifar10_cache_matches_a_fresh_decode(cifar10, tmp_path):
 
 
 @pytest.mark.skipif(
-    not sources.DEBIAN_FASHION_MNIST_DIR.is_dir(),
-    reason=f"{sources.DEBIAN_FASHION_MNIST_DIR} absent (Debian package dataset-fashion-mnist)",
+    not mnist_data.DEBIAN_FASHION_MNIST_DIR.is_dir(),
+    reason=f"{mnist_data.DEBIAN_FASHION_MNIST_DIR} absent (Debian package dataset-fashion-mnist)",
 )
 def test_fashion_mnist_from_debian(tmp_path):
     arrays = load_mnist_family("fashion_mnist", tmp_path, download=False)

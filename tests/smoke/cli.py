@@ -14,26 +14,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from tests.conftest import make_images, write_idx
+from tests.helpers.data import make_images, write_idx
+from tests.helpers.overrides import TINY_CLI
 
 ROOT = Path(__file__).resolve().parents[2]
-
-#: What makes a CLI run tiny and quiet: the CLI twin of ``tests/conftest.py::compose_cfg``.
-TINY = [
-    "data.download=false",
-    "data.val_size=50",
-    "data.batch_size=16",
-    "data.eval_batch_size=50",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "teacher_train.max_epochs=1",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
-    "~callbacks.lr_monitor",
-    "~callbacks.test_analysis",
-    "~logger",
-]
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -76,7 +60,7 @@ def cli_args(run_dir: Path, store_dir: Path, *overrides: str) -> list[str]:
         sys.executable,
         "-m",
         "kdlight.train",
-        *TINY,
+        *TINY_CLI,
         f"hydra.run.dir={run_dir}",
         f"paths.store_dir={store_dir}",
         *overrides,

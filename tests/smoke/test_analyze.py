@@ -1,4 +1,4 @@
-"""kdlight.analyze on a real (tiny) run: the CLI rebuilds it from its folder, and the test-end
+"""kdlight-analyze on a real (tiny) run: the CLI rebuilds it from its folder, and the test-end
 callback logged the same ECE to TensorBoard."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from kdlight import analyze
-from kdlight.train import run
-from tests.conftest import compose_cfg
+from kdlight.analysis.write import analyze
+from kdlight.cli.analyze import main as analyze_main
+from kdlight.run.train import run
+from tests.helpers.overrides import compose_cfg
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def baseline_run(tiny_data_dir, tmp_path_factory) -> Path:
 
 def test_analysis_rebuilds_the_run_and_matches_its_metrics(baseline_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the data folder resolves against the run's own start directory
-    summary = analyze.analyze(baseline_run, temperatures=(1, 4))
+    summary = analyze(baseline_run, temperatures=(1, 4))
     metrics = json.loads((baseline_run / "metrics.json").read_text())
     assert Path(summary["checkpoint"]) == Path(metrics["best_checkpoint"])
     assert summary["test/acc"] == pytest.approx(metrics["test/acc_best"], abs=1e-6)
@@ -64,7 +65,7 @@ def test_a_checkpoint_outside_a_run_is_one_sentence(tmp_path, capsys):
     stray.parent.mkdir()
     stray.write_bytes(b"PK")
     with pytest.raises(SystemExit) as exc:
-        analyze.main([str(stray)])
+        analyze_main([str(stray)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run config at") and len(err.splitlines()) == 1

@@ -71,30 +71,29 @@ def test_repeat_reports_every_round_and_the_median_round(quick_report, name):
         assert len(run["repeats_step_ms_median"]) == 2 and run["step_ms_median"] > 0
 
 
-def test_step_intervals_and_the_step_median_ratio():
-    sys.path.insert(0, str(SCRIPT.parent))
-    import bare_loop
-    import bench_kd
+def test_step_intervals_and_the_step_median_ratio(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from kd import harness
 
     # starts at 0, 1, 3 and the epoch's end at 6: intervals 1, 2, 3
-    assert bare_loop.step_intervals([0.0, 1.0, 3.0], 6.0) == [1.0, 2.0, 3.0]
-    summary = bench_kd._epochs_summary(
+    assert harness.step_intervals([0.0, 1.0, 3.0], 6.0) == [1.0, 2.0, 3.0]
+    summary = harness.epochs_summary(
         [{"samples": 3, "seconds": 6.0, "steps": 3, "step_intervals": [1.0, 2.0, 3.0]}]
     )
     assert summary["step_ms_median"] == 2000.0
     # kdlight's steps take 4 and 5 ms in two rounds, the bare loop's 2 and 3: medians 4.5 and 2.5
     kd = {"step_ms_median": 4.0, "repeats_step_ms_median": [4.0, 5.0]}
     bare = {"step_ms_median": 2.0, "repeats_step_ms_median": [2.0, 3.0]}
-    assert bench_kd._step_median_ratio(kd, bare) == {
+    assert harness.step_median_ratio(kd, bare) == {
         "step_median_ratio": round(2.5 / 4.5, 4),
         "step_median_per_round": [0.5, 0.6],
     }
-    assert bench_kd._step_median_ratio({"step_ms_median": None}, bare) == {}
+    assert harness.step_median_ratio({"step_ms_median": None}, bare) == {}
 
 
 def test_repeated_rounds_rotate_and_pick_the_median(monkeypatch):
-    sys.path.insert(0, str(SCRIPT.parent))
-    import bench_kd
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from kd import harness
 
     calls, speeds = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
 
@@ -105,13 +104,13 @@ def test_repeated_rounds_rotate_and_pick_the_median(monkeypatch):
 
         return f
 
-    out = bench_kd._repeated({"a": run("a"), "b": run("b")}, 3)
+    out = harness.repeated({"a": run("a"), "b": run("b")}, 3)
     assert calls == ["a", "b", "b", "a", "a", "b"]  # round 2 starts with b
     assert out["a"]["samples_per_s"] == 2.0 and out["a"]["repeats_samples_per_s"] == [3.0, 1.0, 2.0]
     assert out["b"]["samples_per_s"] == 5.0 and out["b"]["round"] == 2
-    assert bench_kd._per_round(out, "a", "b") == [0.6, round(1 / 6, 4), 0.5]
+    assert harness.per_round(out, "a", "b") == [0.6, round(1 / 6, 4), 0.5]
     speeds["a"] = iter([7.0])
-    single = bench_kd._repeated({"a": run("a")}, 1)
+    single = harness.repeated({"a": run("a")}, 1)
     assert "repeats_samples_per_s" not in single["a"]
 
 
@@ -187,16 +186,16 @@ def test_unknown_case_is_refused():
 
 def test_a_failing_case_keeps_the_others_and_exits_non_zero(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_kd
+    from kd import cli
 
-    monkeypatch.setattr(bench_kd, "_quiet", lambda: None)  # keep this process's log levels
+    monkeypatch.setattr(cli, "quiet", lambda: None)  # keep this process's log levels
 
     def boom(o, work):
         raise RuntimeError("the data is not there")
 
-    monkeypatch.setitem(bench_kd.CASE_FUNCS, "fmnist_mlp", boom)
-    monkeypatch.setitem(bench_kd.CASE_FUNCS, "sweep10", lambda o, work: {"ran": True})
-    rc = bench_kd.main(["--quick", "--cases", "fmnist_mlp,sweep10", "--work-dir", str(tmp_path)])
+    monkeypatch.setitem(cli.CASE_FUNCS, "fmnist_mlp", boom)
+    monkeypatch.setitem(cli.CASE_FUNCS, "sweep10", lambda o, work: {"ran": True})
+    rc = cli.main(["--quick", "--cases", "fmnist_mlp,sweep10", "--work-dir", str(tmp_path)])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1 and doc["failed_cases"] == ["fmnist_mlp"]
     assert doc["cases"]["fmnist_mlp"]["error"] == "RuntimeError: the data is not there"

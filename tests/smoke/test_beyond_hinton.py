@@ -1,11 +1,11 @@
-"""FitNets and data-free KD end to end through ``kdlight.train.run`` on tiny CPU data."""
+"""FitNets and data-free KD end to end through ``kdlight.run.train.run`` on tiny CPU data."""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
 
-from kdlight.train import run
+from kdlight.run.train import run
 from tests.smoke import recorder
 
 RECORD = [
@@ -43,6 +43,20 @@ def test_fitnets_hint_stage_then_kd_stage_with_logits_from_the_store(make_cfg, t
     assert views[0].startswith("view_0.") and "_raw" in views[0], views
 
 
+def test_fitnets_one_stage_is_ce_plus_hint_every_epoch(make_cfg):
+    recorder.RECORDS.clear()
+    cfg = make_cfg(
+        "+experiment=fmnist_mlp_kd", "distill=fitnets", "distill.form=one_stage",
+        "distill.alpha=0.0", "trainer.max_epochs=2", "+trainer.limit_train_batches=2", *RECORD,
+    )  # fmt: skip
+    assert run(cfg)["status"] == "finished"
+    assert len(recorder.RECORDS) == 4
+    for r in recorder.RECORDS:  # RepDistiller's FitNet: CE + 100 x hint from the first step
+        assert "train/loss_kd" not in r
+        expected = r["train/loss_ce"] + 100.0 * r["train/loss_hint"]
+        assert r["train/loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_data_free_trains_on_the_transfer_set_only(make_cfg, tmp_path):
     SPLITS.clear()
     recorder.RECORDS.clear()
@@ -59,7 +73,7 @@ def test_data_free_trains_on_the_transfer_set_only(make_cfg, tmp_path):
     assert len(SPLITS) == 6  # 48 samples, the tests' batch of 16: 3 per epoch, 2 epochs
     assert all(r["train/loss_ce"] == 0.0 and r["train/loss_kd"] > 0 for r in recorder.RECORDS)
     folder = next((tmp_path / "store" / "datafree").iterdir())
-    assert (folder / "stats.pt").is_file() and list(folder.glob("transfer-*.pt"))
+    assert (folder / "stats.pt").is_file() and list(folder.glob("*/transfer.pt"))
     assert 0.0 <= metrics["test/acc_best"] <= 1.0
 
 
@@ -77,7 +91,7 @@ def test_data_free_rejects_alpha_below_one(make_cfg):
 
 
 def test_fitnets_on_the_cifar_networks_hints_their_second_stages_by_default(make_cfg, tmp_path):
-    # distill.hint_layer / guided_layer default to auto: the ResNet-20's layer2, the CNN's bn2
+    # distill.hint_layer / guided_layer default to auto: the ResNet-20's layer2, the CNN's relu2
     cfg = make_cfg(
         "+experiment=cifar_cnn_kd_5pct_cpu", "distill=fitnets", "distill.hint_epochs=1",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "teacher_store.enabled=true",

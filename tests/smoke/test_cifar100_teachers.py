@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdlight import models
-from kdlight.train import run
+from kdlight.run.train import run
 from tests.smoke.cli import cli_args, cli_env, run_cli
 
 

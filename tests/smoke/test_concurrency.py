@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from tests.conftest import write_mnist_like
+from tests.helpers.data import write_mnist_like
 from tests.smoke.cli import (
     cli_args,
     cli_env,

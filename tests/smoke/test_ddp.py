@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from kdlight.data.mnist import MNISTDataModule
+from kdlight.data.datasets.mnist import MNISTDataModule
 from tests.smoke.cli import cli_args, cli_env, metrics, run_cli, write_noisy_mnist
 
 N_TRAIN, VAL, FRACTION, BATCH = 305, 50, 0.2, 16  # subset: round(0.2 * 255) = 51, odd: padded to 52
@@ -27,7 +27,9 @@ def ddp_run(tmp_path_factory):
         "trainer=ddp_cpu",
         "trainer.max_epochs=2",
         f"data.labeled_fraction={FRACTION}",
-        "module.optimizer.lr=0.1",  # enough learning in 4 steps to tell a working KD from a broken one
+        # enough learning in 4 steps to tell a working KD from a broken one: agreement 0.30-0.49
+        # over teacher_train.seed 0-3 (lr 0.1 gave 0.20-0.30, too close to the bound below)
+        "module.optimizer.lr=0.3",
         "distill.temperature=4",
         "+callbacks.record._target_=tests.smoke.cli.IndexRecorder",
         f"+callbacks.record.folder={record}",

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from kdlight.data.imagenet import ImageNetDataModule
-from tests.conftest import write_image_tree
+from kdlight.data.datasets.imagenet import ImageNetDataModule
+from tests.helpers.data import write_image_tree
 from tests.smoke.cli import cli_args, cli_env, metrics, run_cli, tiny_folder_kd
 
 VAL, FRACTION = 10, 0.5

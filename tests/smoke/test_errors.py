@@ -19,21 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlight.data.sources import CIFAR10_CLASSES
-from tests.conftest import make_images, write_mnist_like
+from kdlight.data.datasets.cifar10 import CIFAR10_CLASSES
+from tests.helpers.data import make_images, write_mnist_like
+from tests.helpers.hostile import RunsCode
+from tests.helpers.runs import lightning_checkpoint, write_run
 from tests.smoke.cli import cli_args, cli_env, metrics, run_parallel
 
 SENTINEL = b"written before the run\n"
-
-
-class _RunsCode:
-    """Pickles to ``os.system(cmd)``: loading it with plain pickle would run the command."""
-
-    def __init__(self, cmd: str) -> None:
-        self.cmd = cmd
-
-    def __reduce__(self):
-        return (os.system, (self.cmd,))
 
 
 def _cifar_archive_with_corrupt_jpeg(path: Path) -> str:
@@ -67,39 +59,17 @@ def _snapshot(*roots: Path) -> dict[str, tuple[bytes, int]]:
     return files
 
 
-def _lightning_ckpt(path: Path, state: dict, prefix: str = "net.") -> Path:
-    """A file shaped like a kdlight Lightning checkpoint holding ``state`` under ``prefix``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": {prefix + k: v for k, v in state.items()},
-            "pytorch-lightning_version": "2.6",
-            "epoch": 0,
-            "global_step": 1,
-        },
-        path,
-    )
-    return path
-
-
 def _fake_run(folder: Path, student: dict, ckpt_state: dict | None = None, metrics=None) -> Path:
     """A run folder as kdlight.train writes it: .hydra/config.yaml, checkpoints/, metrics.json."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    (folder / ".hydra").mkdir(parents=True)
     cfg = {
         "name": "mnist_mlp",
-        "data": {"_target_": "kdlight.data.mnist.MNISTDataModule", "name": "mnist"},
+        "data": {"_target_": "kdlight.data.datasets.mnist.MNISTDataModule", "name": "mnist"},
         "student": student,
         "distill": None,
     }
-    OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
+    write_run(folder, cfg, metrics=metrics)
     if ckpt_state is not None:
-        _lightning_ckpt(folder / "checkpoints" / "last.ckpt", ckpt_state)
-    if metrics is not None:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        lightning_checkpoint(folder / "checkpoints" / "last.ckpt", ckpt_state)
     return folder
 
 
@@ -136,7 +106,7 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
     torch.save(ResNet(depth=20, block="basic", num_classes=10).state_dict(), resnet20)
     marker = tmp / "pwned"
     evil = tmp / "evil.pt"
-    torch.save({"state_dict": _RunsCode(f"touch {marker}")}, evil)
+    torch.save({"state_dict": RunsCode(os.system, f"touch {marker}")}, evil)
     empty = tmp / "empty-data"
     empty.mkdir()
     truncated = tmp / "truncated-data"
@@ -166,7 +136,7 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
         teacher.layers[1].weight[0, 0] = float("nan")
     torch.save(teacher.state_dict(), nan_teacher)
     mlp_student = MLP(784, (800, 800), 10).state_dict()
-    from tests.conftest import write_image_folder
+    from tests.helpers.data import write_image_folder
 
     tree = write_image_folder(tmp / "tree", n_train=20, n_test=10)
     linked = sorted((tree / "train").rglob("*.png"))[0]
@@ -407,9 +377,9 @@ def build_cases(tmp: Path) -> tuple[dict, dict]:
                 ckpt.parent.mkdir()
                 shutil.copy(what, ckpt)
             elif kind == "ckpt":
-                _lightning_ckpt(ckpt, torch.load(what, weights_only=True))
+                lightning_checkpoint(ckpt, torch.load(what, weights_only=True))
             else:
-                _lightning_ckpt(ckpt, what)
+                lightning_checkpoint(ckpt, what)
                 hparams = {"experiment": "mnist_mlp_kd"}
                 (run_dir / "metrics.json").write_text(
                     json.dumps({"status": "failed", "hparams": hparams})
@@ -590,7 +560,7 @@ def run_folder_cases(tmp_path_factory):
     state = MLP(784, (8,), 10).state_dict()
     markers = {k: tmp / f"ran-{k}" for k in ("analyze", "export", "eval", "nested", "load")}
     evil = tmp / "evil.pt"
-    torch.save({"x": _RunsCode(f"touch {markers['load']}")}, evil)
+    torch.save({"x": RunsCode(os.system, f"touch {markers['load']}")}, evil)
 
     def system(marker: Path) -> dict:
         return {"_target_": "os.system", "_args_": [f"touch {marker}"]}

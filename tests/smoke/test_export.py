@@ -12,8 +12,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdlight import export as ex
 from kdlight.checkpoints import load_weights
+from kdlight.cli.export import main as export_main
+from kdlight.deploy.export import export
+from kdlight.deploy.plan import Network, Plan
 from kdlight.models import MLP, resnet20
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
@@ -64,8 +66,8 @@ def check_report(out: Path, roles: set[str]) -> dict:
 
 def test_tiny_mlp_exports_match_pytorch(tmp_path):
     net = MLP(784, (32, 16), 10)
-    plan = ex.Plan(ex.Network("student", "MLP-32-16", net), None, (1, 28, 28), tmp_path / "out")
-    report = ex.export(plan, warmup=1, runs=3)
+    plan = Plan(Network("student", "MLP-32-16", net), None, (1, 28, 28), tmp_path / "out")
+    report = export(plan, warmup=1, runs=3)
     assert_exports_match(net, tmp_path / "out", (1, 28, 28))
     check_report(tmp_path / "out", {"student"})
     assert report["models"]["student"]["macs"] == 784 * 32 + 32 * 16 + 16 * 10
@@ -86,7 +88,8 @@ def test_resnet20_from_a_bearpaw_checkpoint(tmp_path, capsys):
     )
     out = tmp_path / "export"
     assert (
-        ex.main(["--model", "resnet20", "--weights", str(weights), "--out", str(out), *FAST]) == 0
+        export_main(["--model", "resnet20", "--weights", str(weights), "--out", str(out), *FAST])
+        == 0
     )
     assert "ResNet-20" in capsys.readouterr().out  # the rich table
     assert_exports_match(net, out, (3, 32, 32))
@@ -100,7 +103,7 @@ def test_resnet20_from_a_bearpaw_checkpoint(tmp_path, capsys):
 @pytest.fixture
 def kd_run(make_cfg, tmp_path) -> Path:
     """A finished distillation run directory, with the config Hydra would have saved."""
-    from kdlight.train import run
+    from kdlight.run.train import run
 
     cfg = make_cfg(
         "+experiment=fmnist_mlp_kd",
@@ -117,7 +120,7 @@ def kd_run(make_cfg, tmp_path) -> Path:
 
 
 def test_a_distillation_run_exports_student_and_teacher(kd_run):
-    assert ex.main([str(kd_run), *FAST]) == 0
+    assert export_main([str(kd_run), *FAST]) == 0
     out = kd_run / "export"
     report = check_report(out, {"student", "teacher"})
     metrics = json.loads((kd_run / "metrics.json").read_text())

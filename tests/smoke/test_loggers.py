@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdlight.train import run
+from kdlight.run.train import run
 
 SHORT_RUN = (
     "+experiment=fmnist_mlp_kd",

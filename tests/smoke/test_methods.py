@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdlight.train import run
-from tests.conftest import CONF_DIR
+from kdlight.run.train import run
+from tests.helpers.overrides import CONF_DIR
 from tests.smoke import recorder
 
 #: (experiment, overrides) per method; default: the Fashion-MNIST MLP KD experiment. Methods

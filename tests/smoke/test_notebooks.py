@@ -11,8 +11,8 @@ import pytest
 from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
-from kdlight.train import run
-from tests.conftest import ROOT, compose_cfg
+from kdlight.run.train import run
+from tests.helpers.overrides import ROOT, compose_cfg
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

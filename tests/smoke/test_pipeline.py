@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlight.train import run
+from kdlight.run.train import run
 from tests.smoke import recorder
 
 RECORD = [

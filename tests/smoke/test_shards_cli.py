@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import write_image_tree
+from tests.helpers.data import write_image_tree
 from tests.smoke.cli import cli_args, cli_env, metrics, run_parallel, tiny_folder_kd
 
 pytest.importorskip("litdata")
@@ -20,7 +20,7 @@ def test_kd_on_shards_gives_the_folders_run(tmp_path):
     out = tmp_path / "shards"
     env = cli_env(tmp_path / "data")
     conv = subprocess.run(
-        [sys.executable, "-m", "kdlight.data.shards", "convert", str(tree), str(out), "--quiet"],
+        [sys.executable, "-m", "kdlight.cli.shards", "convert", str(tree), str(out), "--quiet"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

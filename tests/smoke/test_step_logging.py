@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from kdlight.train import run
+from kdlight.run.train import run
 
 RUN = (
     "+experiment=fmnist_mlp_kd",

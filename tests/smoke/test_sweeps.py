@@ -13,26 +13,17 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from kdlight import analyze, report
-from tests.conftest import CONF_DIR, ROOT
+from kdlight.cli import analyze, report
+from tests.helpers.overrides import CONF_DIR, ROOT, tiny
 
 
-def tiny(data_dir: Path, store: Path, sweep_dir: Path) -> list[str]:
-    """The overrides of tests.conftest.compose_cfg, for the command line."""
+def tiny_cli(data_dir: Path, store: Path, sweep_dir: Path) -> list[str]:
+    """The overrides of tests.helpers.overrides.compose_cfg, for the command line."""
     return [
         f"paths.data_dir={data_dir}",
         f"paths.store_dir={store}",
         f"hydra.sweep.dir={sweep_dir}",
-        "data.download=false",
-        "data.val_size=50",
-        "data.batch_size=32",
-        "data.eval_batch_size=64",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "+trainer.enable_progress_bar=false",
-        "+trainer.enable_model_summary=false",
-        "~callbacks.progress_bar",
-        "teacher_train.max_epochs=1",
+        *tiny(batch_size=32, eval_batch_size=64),
     ]
 
 
@@ -97,7 +88,7 @@ def grid_sweep(tiny_data_dir, tmp_path_factory):
     sweep_dir = tmp / "multirun"
     proc = train_cli(
         "-m", "+experiment=fmnist_mlp_kd", "distill.alpha=0.5,0.9,1.5", "distill.temperature=2,4",
-        *tiny(tiny_data_dir, tmp / "store", sweep_dir), cwd=tmp,
+        *tiny_cli(tiny_data_dir, tmp / "store", sweep_dir), cwd=tmp,
     )  # fmt: skip
     return proc, sweep_dir, tmp
 
@@ -112,6 +103,26 @@ def test_a_failed_job_does_not_stop_the_sweep(grid_sweep):
     assert statuses == ["failed", "failed", "finished", "finished", "finished", "finished"], (
         proc.stderr[-3000:]
     )
+
+
+def test_the_sweep_ends_in_its_ranking_and_one_line_per_failed_job(grid_sweep):
+    proc, sweep_dir, _ = grid_sweep
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len([ln for ln in proc.stderr.splitlines() if "distill.alpha=1.5" in ln]) == 2
+    out = proc.stdout.splitlines()
+    head = out.index("sweep: 6 runs, 4 finished, 2 failed")
+    ranked = [ln.split() for ln in out[head + 2 : head + 6]]  # val acc, test acc, alpha, T
+    vals = [
+        json.loads((sweep_dir / str(j) / "metrics.json").read_text()).get("val/acc_best")
+        for j in range(6)
+    ]
+    best = max(v for v in vals if v is not None)
+    assert ranked[0][0] == f"{100 * best:.2f}%"
+    assert [float(r[0].rstrip("%")) for r in ranked] == sorted(
+        (float(r[0].rstrip("%")) for r in ranked), reverse=True
+    )
+    assert out[head + 6] == f"report: {sweep_dir / 'report.md'}"
+    assert (sweep_dir / "report.md").is_file()
 
 
 def test_report_of_the_sweep(grid_sweep, tmp_path):
@@ -190,7 +201,7 @@ def test_optuna_study_maximises_the_validation_accuracy(grid_sweep, tiny_data_di
     sweep_dir = tmp / "optuna"
     proc = train_cli(
         "+experiment=fmnist_mlp_kd", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=1", *tiny(tiny_data_dir, tmp / "store", sweep_dir), cwd=tmp,
+        "hydra.sweeper.sampler.n_startup_trials=1", *tiny_cli(tiny_data_dir, tmp / "store", sweep_dir), cwd=tmp,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())

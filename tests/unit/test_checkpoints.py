@@ -13,6 +13,7 @@ from torch import nn
 from kdlight import models
 from kdlight.checkpoints import load_state_dict_file, load_weights, read_checkpoint, weights_hash
 from kdlight.errors import CheckpointError
+from tests.helpers.hostile import RunsCode
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([3, 7])
@@ -232,18 +233,14 @@ def test_missing_file_names_the_path(tmp_path):
     assert "does not exist" in str(exc.value)
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path, writer):
     marker = tmp_path / "pwned"
-    payload = {"epoch": 1, "state_dict": {"conv1.weight": _Exploit(marker)}, "optim_dict": {}}
+    payload = {
+        "epoch": 1,
+        "state_dict": {"conv1.weight": RunsCode(os.system, f"touch {marker}")},
+        "optim_dict": {},
+    }
     path = tmp_path / "best.pth.tar"
     if writer == "torch.save":
         torch.save(payload, path)

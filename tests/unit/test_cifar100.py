@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from kdlight.data import sources
-from kdlight.data.cifar100 import CIFAR100DataModule
-from kdlight.data.sources import load_cifar100, read_cifar_pickles
+from kdlight.data.datasets import fetch
+from kdlight.data.datasets.cifar100 import CIFAR100DataModule, load_cifar100
+from kdlight.data.formats.cifar import read_cifar_pickles
 from kdlight.errors import DataError
-from tests.conftest import write_cifar100_pickles
+from tests.helpers.data import write_cifar100_pickles
+from tests.helpers.hostile import RunsCode
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,11 @@ def test_pickles_of_any_protocol_read_the_same(tmp_path, pickles, protocol):
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.mkdir, ("PWNED",))
-
-
 def test_a_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
     folder = write_cifar100_pickles(tmp_path / "cifar-100-python", n_train=4, n_test=2)
-    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": _RunsCode()}, protocol=2))
+    (folder / "meta").write_bytes(
+        pickle.dumps({b"fine_label_names": RunsCode(os.mkdir, "PWNED")}, protocol=2)
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"meta was refused: .*(posix|os)\.mkdir is not allowed"):
         read_cifar_pickles(folder)
@@ -113,8 +111,8 @@ def test_download_uses_torchvisions_url_and_checksum_then_reads_safely(tmp_path,
         calls.append((url, root, filename, md5))
         write_cifar100_pickles(root / "cifar-100-python", n_train=10, n_test=5)
 
-    monkeypatch.setattr(sources, "_torchvision_dataset", {"CIFAR100": FakeCIFAR100}.get)
-    monkeypatch.setattr(sources, "_download_archive", fake_download)
+    monkeypatch.setattr(fetch, "torchvision_dataset", {"CIFAR100": FakeCIFAR100}.get)
+    monkeypatch.setattr(fetch, "download_archive", fake_download)
     arrays = load_cifar100(tmp_path / "data", download=True)
     assert calls == [
         (FakeCIFAR100.url, tmp_path / "data", FakeCIFAR100.filename, "0123456789abcdef")

@@ -9,13 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.data.base import ArrayDataModule
-from kdlight.data.sources import ImageArrays
+from kdlight.data.formats.arrays import ImageArrays
+from kdlight.data.modules.array import ArrayDataModule
 from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
 from kdlight.methods.data_free import DataFree
+from kdlight.methods.data_free.reconstruction import (
+    default_layers,
+    reconstruct,
+    record_statistics,
+    sample_targets,
+)
 from kdlight.models.mlp import MLP
-from kdlight.reconstruction import default_layers, reconstruct, record_statistics, sample_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
 SGD = functools.partial(torch.optim.SGD, lr=0.1)

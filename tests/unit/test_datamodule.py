@@ -1,6 +1,6 @@
 import torch
 
-from kdlight.data.mnist import MNISTDataModule
+from kdlight.data.datasets.mnist import MNISTDataModule
 
 
 def _dm(data_dir, **kw):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.ensemble import TeacherEnsemble
 from kdlight.errors import ConfigError
+from kdlight.teacher.ensemble import TeacherEnsemble
 
 
 class Fixed(nn.Module):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from kdlight.errors import ConfigError
 from kdlight.models.external import InputResize, timm_model, torchvision_model
-from kdlight.runs import NETWORK_TARGETS, safe_instantiate
-from kdlight.train import hparams_of
+from kdlight.run.hparams import hparams_of
+from kdlight.run.read import NETWORK_TARGETS, safe_instantiate
 
 
 def _timm():
@@ -135,3 +135,21 @@ def test_hparams_say_whether_the_store_served_the_teacher(make_cfg):
         hparams_of(make_cfg("distill=kd", "teacher_store.enabled=false"))["teacher_store"] is False
     )
     assert "teacher_store" not in hparams_of(make_cfg())  # no teacher, no store
+
+
+def test_library_networks_declare_their_stages():
+    from kdlight.methods.features import stage_layers
+    from kdlight.methods.taps import tapped_forward
+
+    tv = torchvision_model("resnet18", num_classes=10).eval()
+    assert stage_layers(tv) == ("layer1", "layer2", "layer3", "layer4")
+    assert [d["num_chs"] for d in tv.feature_info] == [64, 128, 256, 512]
+    with torch.no_grad():
+        _, feats = tapped_forward(tv, torch.randn(1, 3, 64, 64), stage_layers(tv))
+    assert [tuple(feats[d["module"]].shape[1:]) for d in tv.feature_info] == [
+        (d["num_chs"], 64 // d["reduction"], 64 // d["reduction"]) for d in tv.feature_info
+    ]
+    assert not hasattr(torchvision_model("mobilenet_v2", num_classes=10), "feature_info")
+    pytest.importorskip("timm")
+    tm = timm_model("resnet18", num_classes=10)
+    assert stage_layers(tm) == ("layer1", "layer2", "layer3", "layer4")  # timm's stem entry dropped

@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 import kdlight
 from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
-from kdlight.hooks import tapped_forward
 from kdlight.methods.at import AT
 from kdlight.methods.base import Context
 from kdlight.methods.cc import CC
@@ -30,6 +29,7 @@ from kdlight.methods.pkt import PKT
 from kdlight.methods.reviewkd import ReviewKD
 from kdlight.methods.rkd import RKD
 from kdlight.methods.sp import SP
+from kdlight.methods.taps import tapped_forward
 from kdlight.methods.vid import VID
 from kdlight.models import (
     CNN5,
@@ -292,6 +292,39 @@ def test_reviewkd_hierarchical_context_loss_by_hand():
     assert hcl_loss([one[0]], [one[1]]).item() == pytest.approx(mse(*one), rel=1e-5)
 
 
+def test_reviewkd_passes_on_the_resized_fusion_when_a_student_level_is_larger():
+    """mdistiller's ABF resizes the fused map to the teacher's size, then returns it as the
+    residual (issue 31.1); the composition is written out here from its ABF.forward."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(3)
+    method = ReviewKD(
+        **ONLY_TERM | {"student_layers": ["s0", "s1"], "teacher_layers": ["t0", "t1"]}
+    )
+    s = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]  # each student level 2x the teacher's
+    t = [torch.randn(2, 5, 4, 4), torch.randn(2, 7, 2, 2)]
+    method.build_heads(s, t)
+    method.eval()  # BatchNorm on running statistics: the same layers give the same numbers twice
+    deep, shallow = method.abfs[1], method.abfs[0]
+    x1 = F.interpolate(deep.conv1(s[1]), (2, 2), mode="nearest")  # resized before both uses
+    y1 = deep.conv2(x1)
+    x0 = shallow.conv1(s[0])
+    up = F.interpolate(x1, (8, 8), mode="nearest")  # the RESIZED residual, 2x2 -> 8x8
+    z = shallow.att_conv(torch.cat([x0, up], 1))
+    x0 = x0 * z[:, 0:1] + up * z[:, 1:2]
+    y0 = shallow.conv2(F.interpolate(x0, (4, 4), mode="nearest"))
+    with torch.no_grad():
+        outs = method.review(s)
+        assert torch.allclose(outs[1], y1, atol=1e-6)
+        assert torch.allclose(outs[0], y0, atol=1e-6)
+        # the unresized residual (the old behaviour) gives another map: the case is sensitive
+        wrong = F.interpolate(deep.conv1(s[1]), (8, 8), mode="nearest")
+        z = shallow.att_conv(torch.cat([shallow.conv1(s[0]), wrong], 1))
+        wrong = shallow.conv1(s[0]) * z[:, 0:1] + wrong * z[:, 1:2]
+        wrong = shallow.conv2(F.interpolate(wrong, (4, 4), mode="nearest"))
+        assert not torch.allclose(outs[0], wrong, atol=1e-3)
+
+
 def _engine(method, student=None, teacher=None, example=(2, 3, 32, 32)):
     torch.manual_seed(0)
     student = student or CNN5(dropout=0.0)
@@ -319,7 +352,9 @@ def _at_epoch(monkeypatch, epoch):
 def test_reviewkd_levels_warmup_and_total(monkeypatch):
     module = _engine(ReviewKD())
     method = module.method
-    assert method.student_layers == ("bn1", "bn2", "bn3", "fc2:in")
+    # issue 31: CNN5's stages are its post-ReLU maps and its penultimate feature is taken
+    # before dropout (they were bn1..3 and fc2:in)
+    assert method.student_layers == ("relu1", "relu2", "relu3", "relu4")
     assert method.teacher_layers == ("layer1", "layer2", "layer3", "fc:in")
     b = _batch()
     outs = method.review([module.context(b).student_feats[n] for n in method.student_layers])
@@ -540,12 +575,15 @@ ZOO = [
     (ResNet18(), ("layer1", "layer2", "layer3", "layer4"), "linear:in"),
     (ResNet50Cifar(100), ("layer1", "layer2", "layer3", "layer4"), "linear:in"),
     (wrn_16_2(100), ("block1", "block2", "block3"), "fc:in"),
-    (vgg8(100), ("block1", "block2", "block3", "block4"), "classifier:in"),
+    # issue 31: VGG's and CNN5's stages are their post-ReLU maps (were block1..4 and bn1..3,
+    # before the ReLU), and CNN5's penultimate feature is taken before dropout (was fc2:in)
+    (vgg8(100), ("relu1", "relu2", "relu3", "relu4"), "classifier:in"),
     (mobile_half(100), ("blocks.1", "blocks.2", "blocks.4", "blocks.6"), "classifier.0:in"),
     (shufflev1(100), ("layer1", "layer2", "layer3"), "linear:in"),
     (shufflev2(100), ("layer1", "layer2", "layer3"), "linear:in"),
-    (CNN5(), ("bn1", "bn2", "bn3"), "fc2:in"),
+    (CNN5(), ("relu1", "relu2", "relu3"), "relu4"),
 ]
+CLASSIFIER_OF = {"relu4": "fc2"}  # a declared penultimate tap -> the Linear that reads it
 
 
 @pytest.mark.parametrize(("net", "stages", "penultimate"), ZOO, ids=lambda v: type(v).__name__ if not isinstance(v, (tuple, str)) else "")  # fmt: skip
@@ -557,7 +595,7 @@ def test_auto_layers_are_stage_maps_and_the_classifier_input(net, stages, penult
     with torch.no_grad():
         logits, feats = tapped_forward(net, torch.randn(2, 3, 32, 32), [*stages, penultimate])
     assert all(feats[n].dim() == 4 for n in stages)
-    linear = dict(net.named_modules())[penultimate[:-3]]
+    linear = dict(net.named_modules())[CLASSIFIER_OF.get(penultimate, penultimate[:-3])]
     assert feats[penultimate].shape == (2, linear.in_features)
     assert torch.allclose(
         linear(feats[penultimate]), logits, atol=1e-5
@@ -574,8 +612,9 @@ def test_auto_layers_of_an_mlp_are_its_hidden_relus():
     [
         (resnet32x4(100), resnet8x4(100), ("layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3")),
         (wrn_40_2(100), wrn_16_2(100), ("block1", "block2", "block3"), ("block1", "block2", "block3")),
-        (vgg13(100), vgg8(100), ("block1", "block2", "block3", "block4"), ("block1", "block2", "block3", "block4")),
-        (ResNet18(), CNN5(), ("layer1", "layer2", "layer3"), ("bn1", "bn2", "bn3")),
+        # issue 31: post-ReLU maps (were VGG's block1..4 and CNN5's bn1..3)
+        (vgg13(100), vgg8(100), ("relu1", "relu2", "relu3", "relu4"), ("relu1", "relu2", "relu3", "relu4")),
+        (ResNet18(), CNN5(), ("layer1", "layer2", "layer3"), ("relu1", "relu2", "relu3")),
     ],
 )  # fmt: skip
 def test_auto_pairs_the_stages_both_networks_have(teacher, student, t_layers, s_layers):

@@ -11,9 +11,9 @@ from torch import nn
 
 from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
-from kdlight.hooks import features, taps
 from kdlight.methods.base import RAW
 from kdlight.methods.fitnets import FitNets, HintRegressor, hint_loss
+from kdlight.methods.taps import features, taps
 from kdlight.models.cnn import CNN5
 from kdlight.models.mlp import MLP
 from kdlight.models.resnet import ResNet
@@ -212,17 +212,19 @@ def test_unknown_layer_names_fail_early_with_the_valid_names():
 @pytest.mark.parametrize(
     ("teacher", "student", "hint", "guided"),
     [
-        # RepDistiller's --hint_layer 2: the output of the second of the three stages
-        (lambda: ResNet(20), lambda: CNN5(), "layer2", "bn2"),
+        # RepDistiller's --hint_layer 2: the output of the second of the three stages. Issue 31:
+        # the stages are post-activation maps (CNN5's relu2, was bn2; an MLP's second hidden
+        # ReLU, was its Linear), which the references' ReLU-ended regressor can match.
+        (lambda: ResNet(20), lambda: CNN5(), "layer2", "relu2"),
         (lambda: ResNet(56), lambda: ResNet(8), "layer2", "layer2"),
-        # MLPs: Flatten, then Linear, ReLU[, Dropout] per hidden layer; the second hidden Linear
+        # MLPs: Flatten, then Linear, ReLU[, Dropout] per hidden layer; the second hidden ReLU
         (
             lambda: MLP(784, (1200, 1200), dropout=0.5),
             lambda: MLP(784, (800, 800)),
+            "layers.5",
             "layers.4",
-            "layers.3",
         ),
-        (lambda: MLP(784, (64,)), lambda: MLP(784, (32,)), "layers.1", "layers.1"),
+        (lambda: MLP(784, (64,)), lambda: MLP(784, (32,)), "layers.2", "layers.2"),
     ],
 )
 def test_auto_layers_are_the_second_stage_of_each_network(teacher, student, hint, guided):
@@ -238,3 +240,72 @@ def test_auto_on_a_network_without_known_stages_names_the_setting():
     odd = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match="layers=auto does not know the stages of the teacher"):
         FitNets().resolve_layers(CNN5(), odd)
+
+
+# ---- issue 31: the references' regressor, the one-stage form -------------------------------
+def test_default_regressor_is_conv_bn_relu_as_repdistillers_convreg():
+    torch.manual_seed(4)
+    reg = HintRegressor((8, 4, 4), (6, 4, 4))  # default form
+    x = torch.randn(5, 8, 4, 4)
+    conv, bn = reg.proj, reg.bn
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    # ConvReg.forward: relu(bn(conv(x))), BN on the batch's statistics in training mode
+    z = F.conv2d(x, conv.weight, conv.bias)
+    mean, var = (
+        z.mean(dim=(0, 2, 3), keepdim=True),
+        z.var(dim=(0, 2, 3), unbiased=False, keepdim=True),
+    )
+    expected = torch.clamp((z - mean) / torch.sqrt(var + 1e-5), min=0.0)  # BN's weight 1, bias 0
+    assert torch.allclose(reg(x), expected, atol=1e-5)
+    flat = HintRegressor((800,), (64,))
+    assert isinstance(flat.bn, nn.BatchNorm1d) and bool((flat(torch.randn(4, 800)) >= 0).all())
+
+
+def test_bare_conv_regressor_is_a_named_option():
+    reg = HintRegressor((8, 4, 4), (6, 4, 4), form="conv")
+    assert reg.bn is None and not reg.relu
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(reg(x), F.conv2d(x, reg.proj.weight, reg.proj.bias))
+    assert HintRegressor((8, 4, 4), (6, 4, 4), relu=True, form="conv").relu
+    with pytest.raises(ConfigError, match="regressor='mlp'"):
+        HintRegressor((8, 4, 4), (6, 4, 4), form="mlp")
+    with pytest.raises(
+        ConfigError, match="regressor_relu=false with distill.regressor=conv_bn_relu"
+    ):
+        FitNets(regressor_relu=False)
+    assert FitNets(regressor="conv", regressor_relu=False).regressor_form == "conv"
+
+
+def test_one_stage_is_ce_plus_100_times_the_hint_every_epoch(monkeypatch):
+    torch.manual_seed(0)
+    teacher, student = ResNet(20), CNN5(dropout=0.0)
+    method = FitNets(
+        alpha=None, ce_weight=1.0, kd_weight=0.0, form="one_stage", beta=100.0,
+        hint_layer="layer2", guided_layer="relu2",
+    )  # fmt: skip
+    module = DistillationModule(student, teacher, method, 10, ADAM)
+    module.build_method(torch.zeros(2, 3, 32, 32))
+    module.train()
+    b = _batch(4)
+    for epoch in (0, 7):
+        plan = method.plan(epoch)
+        assert plan.student_layers == ("relu2",) and plan.teacher_layers == ("layer2",)
+        assert not plan.stop_early and not plan.teacher_logits  # kd_weight 0: no teacher logits
+        _at_epoch(monkeypatch, epoch)
+        loss = module.training_step(b, 0)
+        with torch.no_grad():
+            s = torch.relu(student.bn1(student.conv1(b["x"])))
+            s = torch.relu(student.bn2(student.conv2(F.max_pool2d(s, 2))))  # relu2: 64 x 16 x 16
+            hint = ((method.regressor(s) - features(teacher, "layer2", b["x"])) ** 2).mean()
+            expected = F.cross_entropy(student(b["x"]), b["y"]) + 100.0 * hint
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    grads = _grads(module, b)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())  # the whole student
+
+
+def test_one_stage_has_no_hint_stage_and_forms_are_named():
+    method = FitNets(form="one_stage", hint_epochs=2, hint_layer="layer2", guided_layer="relu2")
+    assert all(not method.plan(e).stop_early for e in (0, 1, 5))  # hint_epochs is two_stage's
+    assert method.plan(0).teacher_logits  # alpha 0.9: RepDistiller's FitNet + KD reads logits
+    with pytest.raises(ConfigError, match="form='three_stage'"):
+        FitNets(form="three_stage")

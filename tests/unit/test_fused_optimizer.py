@@ -7,13 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.engine import (
-    ClassifierModule,
-    fill_momentum_buffers,
-    fused_optimizer_setting,
-    make_optimizer,
-)
+from kdlight.engine import ClassifierModule
 from kdlight.errors import ConfigError
+from kdlight.optim import fill_momentum_buffers, fused_optimizer_setting, make_optimizer
 
 
 def _params(device: str = "cpu") -> list[torch.Tensor]:

@@ -17,11 +17,11 @@ from kdlight.data.augment import (
     sample_generator,
     sample_seed,
 )
-from kdlight.data.image_folder import Geometry, ImageFolderDataModule
-from kdlight.data.imagenet import ImageNetDataModule
-from kdlight.data.tiny_imagenet import TinyImageNetDataModule
+from kdlight.data.datasets.imagenet import ImageNetDataModule
+from kdlight.data.datasets.tiny_imagenet import TinyImageNetDataModule
+from kdlight.data.modules.image_folder import Geometry, ImageFolderDataModule
 from kdlight.errors import ConfigError, DataError
-from tests.conftest import write_image_tree, write_tiny_imagenet
+from tests.helpers.data import write_image_tree, write_tiny_imagenet
 
 CLASSES = [f"n{i:08d}" for i in range(5)]
 
@@ -181,7 +181,7 @@ def test_a_batch_decoded_for_another_view_is_refused(tree):
 
 def test_pad_crop_for_small_images(tiny):
     dm = module(
-        tiny, TinyImageNetDataModule, num_classes=200, image_size=64, eval_resize=64, crop="pad"
+        tiny, TinyImageNetDataModule, num_classes=5, image_size=64, eval_resize=64, crop="pad"
     )
     epoch(dm, 2)
     b = next(iter(dm.train_dataloader()))
@@ -203,7 +203,7 @@ def _img(dm, i: int) -> Image.Image:
 
 
 def test_tiny_imagenet_labels_val_from_its_annotations(tiny):
-    dm = module(tiny, TinyImageNetDataModule, num_classes=200)
+    dm = module(tiny, TinyImageNetDataModule, num_classes=5)
     dm.setup()
     a = dm.arrays
     assert a.classes == CLASSES and len(a.train_files) == 70
@@ -223,10 +223,10 @@ def test_tiny_imagenet_bad_annotation_is_named(tiny, tmp_path):
     table = root / "val" / "val_annotations.txt"
     table.write_text(table.read_text() + "val_99.JPEG\tn00000001\t0\t0\t1\t1\n")
     with pytest.raises(DataError, match=r"line 11 of .*val_annotations.txt names val_99.JPEG"):
-        module(root, TinyImageNetDataModule, num_classes=200).setup()
+        module(root, TinyImageNetDataModule, num_classes=5).setup()
     table.unlink()
     with pytest.raises(DataError, match="has no val_annotations.txt"):
-        module(root, TinyImageNetDataModule, num_classes=200).setup()
+        module(root, TinyImageNetDataModule, num_classes=5).setup()
 
 
 def test_imagenet_reads_the_class_folder_tree(tree):

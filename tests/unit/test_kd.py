@@ -115,3 +115,55 @@ def test_logit_standardization_is_kd_on_z_scored_logits():
     # invariant to each logit vector's shift and scale, unlike plain KD
     moved = hinton_kd_loss(s * 4 + 7, t * 0.1 - 3, y, 0.9, temp, logit_standardization=True)
     assert moved["loss_kd"].item() == pytest.approx(kd.item(), rel=1e-4)
+
+
+# ---- issue 31: separate CE and KD weights, one default temperature ---------------------------
+def _kl_t2(s, t, temp):
+    q_t, q_s = F.softmax(t.double() / temp, dim=1), F.softmax(s.double() / temp, dim=1)
+    return temp**2 * (q_t * (q_t.log() - q_s.log())).sum(dim=1).mean().item()
+
+
+def test_separate_weights_express_logit_standardizations_recipe():
+    # Sun et al. (2024): CE 0.1 + KD 9, beyond what alpha in [0, 1] can say
+    torch.manual_seed(5)
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    ctx = Context(student_logits=s, teacher_logits=t, labels=y, idx=torch.arange(6))
+    out = KD(alpha=None, temperature=2.0, ce_weight=0.1, kd_weight=9.0)(ctx)
+    ce = F.cross_entropy(s.double(), y).item()
+    assert out["loss"].item() == pytest.approx(0.1 * ce + 9.0 * _kl_t2(s, t, 2.0), rel=1e-5)
+    # alpha is the convenience form: kd_weight = alpha, ce_weight = 1 - alpha
+    method = KD(alpha=0.7, temperature=2.0)
+    assert (method.kd_weight, method.ce_weight) == pytest.approx((0.7, 0.3))
+    assert method(ctx)["loss"].item() == pytest.approx(0.3 * ce + 0.7 * _kl_t2(s, t, 2.0), rel=1e-5)
+
+
+def test_alpha_and_weights_given_together_must_agree():
+    assert KD(alpha=0.9, ce_weight=0.1, kd_weight=0.9).ce_weight == pytest.approx(0.1)
+    with pytest.raises(
+        ConfigError, match=r"ce_weight=0.5 disagrees with distill.alpha=0.9.*alpha=null"
+    ):
+        KD(alpha=0.9, ce_weight=0.5)
+    with pytest.raises(ConfigError, match=r"kd_weight=9.0 disagrees with distill.alpha=0.9"):
+        KD(alpha=0.9, kd_weight=9.0)
+    with pytest.raises(ConfigError, match="ce_weight=-1"):
+        KD(alpha=None, ce_weight=-1.0)
+
+
+def test_ce_weight_zero_trains_without_labels():
+    method = KD(alpha=None, ce_weight=0.0, kd_weight=2.0, temperature=3.0)
+    assert method.needs_labels is False
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    out = method(Context(student_logits=s, teacher_logits=t, labels=None, idx=torch.arange(4)))
+    assert out["loss"].item() == pytest.approx(2.0 * _kl_t2(s, t, 3.0), rel=1e-5)
+
+
+def test_kd_and_fitnets_default_temperature_is_the_configs():
+    from omegaconf import OmegaConf
+
+    import kdlight
+    from kdlight.methods.fitnets import FitNets
+
+    conf = OmegaConf.load(f"{kdlight.__path__[0]}/conf/distill/kd.yaml")
+    assert conf.temperature == 20.0  # the study's T (its MNIST and CNN runs)
+    assert KD().temperature == FitNets().temperature == conf.temperature
+    assert KD().alpha == conf.alpha == 0.9

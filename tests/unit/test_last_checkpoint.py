@@ -55,7 +55,7 @@ def test_resume_looks_for_last_ckpt_where_last_checkpoint_writes_it(tmp_path):
     import pytest
 
     from kdlight.errors import CheckpointError
-    from kdlight.train import check_resume
+    from kdlight.run.resume import check_resume
 
     cfg = OmegaConf.create(
         {

@@ -1,4 +1,4 @@
-"""Channels-last batches get channels-last convolution weights (train._memory_format)."""
+"""Channels-last batches get channels-last convolution weights (run.assemble.memory_format)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from kdlight.models.cnn import CNN5
 from kdlight.models.mlp import MLP
-from kdlight.train import _memory_format
+from kdlight.run.assemble import memory_format
 
 
 def _cl(t: torch.Tensor) -> bool:
@@ -19,7 +19,7 @@ def test_conv_weights_follow_channels_last_batches_and_values_stay():
     torch.manual_seed(0)
     net = CNN5(num_classes=10)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    out = _memory_format(net, SimpleNamespace(channels_last=True))
+    out = memory_format(net, SimpleNamespace(channels_last=True))
     assert out is net
     convs = [p for p in net.parameters() if p.dim() == 4]
     assert convs and all(_cl(p) for p in convs)
@@ -35,10 +35,10 @@ def test_conv_weights_follow_channels_last_batches_and_values_stay():
 
 def test_nchw_batches_and_mlps_are_left_alone():
     net = CNN5(num_classes=10)
-    _memory_format(net, SimpleNamespace(channels_last=False))
+    memory_format(net, SimpleNamespace(channels_last=False))
     assert all(p.is_contiguous() for p in net.parameters())
     mlp = MLP(in_features=784, hidden=[16], num_classes=10)
-    _memory_format(mlp, SimpleNamespace(channels_last=True))
+    memory_format(mlp, SimpleNamespace(channels_last=True))
     assert all(p.is_contiguous() for p in mlp.parameters())
-    _memory_format(net, object())  # a data module without the option: NCHW
+    memory_format(net, object())  # a data module without the option: NCHW
     assert all(p.is_contiguous() for p in net.parameters())

@@ -185,3 +185,71 @@ def test_every_cifar_model_config_builds_the_named_network():
         assert nodrop.dropout.p == 0.0
         hundred = compose(config_name="model/resnet20", overrides=["+data.num_classes=100"])
         assert instantiate(hundred.model).fc.out_features == 100
+
+
+# ---- stage names (feature_info), issue 30/31 ------------------------------------------------
+STAGED = {  # factory -> whether every stage map is post-activation (>= 0)
+    "mlp_student": (lambda: models.MLP(784, (800, 800)), True),
+    "cnn5": (models.CNN5, True),
+    "resnet20": (models.resnet20, True),
+    "resnet8x4": (models.resnet8x4, True),
+    "resnet18": (models.ResNet18, True),
+    "resnet50_cifar": (models.ResNet50Cifar, True),
+    "resnext": (lambda: models.CifarResNeXt(depth=11, cardinality=2, widen_factor=1), True),
+    "vgg8": (models.vgg8, True),
+    "vgg13": (models.vgg13, True),
+    "shufflev1": (models.shufflev1, True),
+    # pre-activation nets end a stage on the residual stream; linear bottlenecks, on no ReLU
+    "preresnet110": (models.preresnet110, False),
+    "wrn_16_2": (models.wrn_16_2, False),
+    "densenet": (lambda: models.DenseNet(depth=22), False),
+    "mobile_half": (models.mobile_half, False),
+    "shufflev2": (models.shufflev2, False),
+}
+
+
+@pytest.mark.parametrize("name", list(STAGED))
+def test_every_zoo_network_declares_its_stages(name):
+    from kdlight.methods.taps import tapped_forward
+
+    factory, post_activation = STAGED[name]
+    net = factory().eval()
+    info = net.feature_info
+    assert info and all(set(d) == {"module", "num_chs", "reduction"} for d in info)
+    x = torch.randn(2, 1, 28, 28) if name.startswith("mlp") else torch.randn(2, 3, 32, 32)
+    modules = dict(net.named_modules())
+    calls = {d["module"]: 0 for d in info}
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: calls.__setitem__(n, calls[n] + 1))
+        for n in calls
+    ]
+    with torch.no_grad():
+        _, feats = tapped_forward(net, x, [d["module"] for d in info])
+    for h in handles:
+        h.remove()
+    assert all(c == 1 for c in calls.values()), calls  # a shared module would be tapped twice
+    for d in info:
+        f = feats[d["module"]]
+        assert f.shape[1] == d["num_chs"], d
+        if f.dim() == 4:
+            assert f.shape[-1] * d["reduction"] == 32, d
+        if post_activation:
+            assert bool((f >= 0).all()), d
+    assert [d["reduction"] for d in info] == sorted(d["reduction"] for d in info)
+
+
+def test_cnn5_penultimate_feature_is_taken_before_dropout():
+    from kdlight.methods.taps import tapped_forward
+
+    torch.manual_seed(0)
+    net = models.CNN5(dropout=0.5).train()
+    assert net.penultimate == "relu4"
+    x = torch.randn(4, 3, 32, 32)
+    _, feats = tapped_forward(net, x, ["relu4", "fc2:in"])
+    with torch.no_grad():  # the original Net's fc path, by hand: relu(fcbn1(fc1(flatten)))
+        s = x
+        for conv, bn in ((net.conv1, net.bn1), (net.conv2, net.bn2), (net.conv3, net.bn3)):
+            s = torch.relu(torch.max_pool2d(bn(conv(s)), 2))
+        clean = torch.relu(net.fcbn1(net.fc1(s.flatten(1))))
+    assert torch.allclose(feats["relu4"], clean, atol=1e-5)
+    assert not torch.allclose(feats["fc2:in"], clean)  # after dropout: zeros and a 2x scale

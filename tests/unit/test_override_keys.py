@@ -1,9 +1,14 @@
-"""train.misspelled_override: a misspelled key is named with its nearest valid key; a real
-key is never refused, also when its value is mandatory (``???``) in the config."""
+"""cli.train.misspelled_override: a misspelled key is named with its nearest valid key; a real
+key is never refused, also when its value is mandatory (``???``) in the config. The teacher's
+own trainer keys (``teacher_train.trainer``) are checked the same way."""
 
 from __future__ import annotations
 
-from kdlight.train import misspelled_override
+import pytest
+
+from kdlight.cli.train import misspelled_override
+from kdlight.errors import ConfigError
+from kdlight.run.checks import check_config
 
 
 def test_misspelled_key_names_the_nearest_one():
@@ -17,3 +22,16 @@ def test_mandatory_keys_and_nested_keys_are_settings():
     assert misspelled_override(["data=image_folder", "data.num_classes=5"]) is None
     assert misspelled_override(["data=image_folder", "data.root=/x", "data.image_size=32"]) is None
     assert misspelled_override(["+experiment=fmnist_mlp_kd", "distill.alpha=0.5"]) is None
+
+
+def test_the_teachers_own_trainer_keys_are_checked(make_cfg):
+    check_config(make_cfg("distill=kd", "+teacher_train.trainer.limit_train_batches=2"))
+    typo = make_cfg("distill=kd", "+teacher_train.trainer.limit_trian_batches=2")
+    with pytest.raises(ConfigError, match="did you mean teacher_train.trainer.limit_train_batches"):
+        check_config(typo)
+    epochs = make_cfg("distill=kd", "+teacher_train.trainer.max_epochs=3")
+    with pytest.raises(ConfigError, match="set teacher_train.max_epochs"):
+        check_config(epochs)
+    devices = make_cfg("distill=kd", "+teacher_train.trainer.devices=2")
+    with pytest.raises(ConfigError, match="teacher_train.trainer.devices is set by kdlight"):
+        check_config(devices)

@@ -1,15 +1,21 @@
-"""kdlight.report on synthetic run folders whose metrics (and so means and stds) are known."""
+"""kdlight.reporting on synthetic run folders whose metrics (and so means and stds) are known."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from kdlight import plots, report
+from kdlight.cli.report import main as report_main
+from kdlight.errors import KdlightError
+from kdlight.reporting import plots
+from kdlight.reporting.collect import find_run_dirs, read_run
+from kdlight.reporting.figures import MAX_GRID, choose_axes
+from kdlight.reporting.report import build_report
+from kdlight.reporting.table import mean_std, teachers_of
+from tests.helpers.runs import write_run as write_run_folder
 
 BASE = {
     "experiment": "fmnist_mlp_kd",
@@ -29,18 +35,13 @@ def write_run(
     error: str | None = None,
     overrides: list[str] | None = None,
 ) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
+    body = None
     if hparams is not None:
         body = {"status": status, "hparams": hparams, **(metrics or {})}
         if error is not None:
             body["error"] = error
-        (run / "metrics.json").write_text(json.dumps(body))
-    if overrides is not None:
-        (run / ".hydra").mkdir()
-        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (run / ".hydra" / "config.yaml").write_text("name: fmnist_mlp_kd\nseed: 7\n")
-    return run
+    config = "name: fmnist_mlp_kd\nseed: 7\n" if overrides is not None else None
+    return write_run_folder(root / name, config, metrics=body, overrides=overrides)
 
 
 def acc(best: float, last: float | None = None, val: float | None = None) -> dict:
@@ -105,7 +106,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_rows_hold_hand_computed_means_and_sample_stds(sweep):
-    rep = report.build_report(sweep)
+    rep = build_report(sweep)
     rows = read_csv(sweep / "results.csv")
     assert len(rows) == 5  # baseline, (0.5, 2), (0.5, 4), (0.9, 2), (0.9, 4)
     assert [r["method"] for r in rows][:1] == ["none"]  # baselines first
@@ -135,7 +136,7 @@ def test_rows_hold_hand_computed_means_and_sample_stds(sweep):
 
 
 def test_markdown_shows_percent_and_lists_failed_and_unfinished_runs(sweep):
-    report.build_report(sweep)
+    build_report(sweep)
     md = (sweep / "report.md").read_text()
     assert (
         "11 runs: 8 finished, 1 failed, 1 running or killed, 1 without metrics; 5 configurations."
@@ -154,7 +155,7 @@ def test_markdown_shows_percent_and_lists_failed_and_unfinished_runs(sweep):
 
 def test_figures_are_written_for_an_alpha_t_grid(sweep, tmp_path, render):
     out = tmp_path / "out"
-    rep = report.build_report(sweep, out)
+    rep = build_report(sweep, out)
     assert sorted(p.name for p in rep.figures) == ["accuracy_vs_T.png", "heatmap_alpha_T.png"]
     for p in rep.figures:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,7 +173,7 @@ def test_one_heat_map_per_value_of_another_varying_hparam(tmp_path):
             {**KD, "lr": lr, "alpha": a, "temperature": t, "seed": 0},
             acc(0.5 + job / 100),
         )
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     names = sorted(p.name for p in rep.figures)
     assert names == [
         "accuracy_vs_T__lr=0.01.png",
@@ -186,15 +187,15 @@ def test_one_heat_map_per_value_of_another_varying_hparam(tmp_path):
 def test_one_swept_hparam_gives_a_curve_and_no_heat_map(tmp_path):
     write_run(tmp_path, "0", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.8))
     write_run(tmp_path, "1", {**KD, "alpha": 0.9, "temperature": 2, "seed": 0}, acc(0.9))
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     assert [p.name for p in rep.figures] == ["accuracy_vs_alpha.png"] and len(rep.rows) == 2
 
 
 def test_no_figures_without_a_grid(tmp_path):
-    for i in range(MAX := report.MAX_GRID + 1):  # optuna-like: every run its own values
+    for i in range(MAX := MAX_GRID + 1):  # optuna-like: every run its own values
         hp = {**KD, "alpha": 0.3 + 0.01 * i, "temperature": 2 + i, "seed": 0}
         write_run(tmp_path, str(i), hp, acc(0.8))
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     assert rep.figures == [] and len(rep.rows) == MAX
     assert "No figures" in (tmp_path / "report.md").read_text()
 
@@ -209,8 +210,8 @@ def test_figures_for_any_two_swept_method_hparams(tmp_path):
                 hp = {**dkd, "lr": lr, "alpha": alpha, "beta": beta, "seed": 0}
                 write_run(tmp_path, str(i), hp, acc(0.5 + alpha / 10 + beta / 100))
                 i += 1
-    rep = report.build_report(tmp_path)
-    assert report.choose_axes(rep.rows) == ("beta", "alpha")
+    rep = build_report(tmp_path)
+    assert choose_axes(rep.rows) == ("beta", "alpha")
     assert sorted(p.name for p in rep.figures) == [
         "accuracy_vs_beta__lr=0.01.png",
         "accuracy_vs_beta__lr=0.1.png",
@@ -218,10 +219,10 @@ def test_figures_for_any_two_swept_method_hparams(tmp_path):
         "heatmap_alpha_beta__lr=0.1.png",
     ]
     # --axes chooses them explicitly (Y,X)
-    rep = report.build_report(tmp_path, tmp_path / "out", axes=["beta", "alpha"])
+    rep = build_report(tmp_path, tmp_path / "out", axes=["beta", "alpha"])
     assert "heatmap_beta_alpha__lr=0.01.png" in {p.name for p in rep.figures}
-    with pytest.raises(report.KdlightError, match="'gamma'"):
-        report.build_report(tmp_path, tmp_path / "out2", axes=["gamma", "alpha"])
+    with pytest.raises(KdlightError, match="'gamma'"):
+        build_report(tmp_path, tmp_path / "out2", axes=["gamma", "alpha"])
 
 
 def test_runs_are_found_at_any_depth_and_sorted_naturally(tmp_path):
@@ -232,23 +233,23 @@ def test_runs_are_found_at_any_depth_and_sorted_naturally(tmp_path):
             {**KD, "alpha": 0.5, "temperature": 2, "seed": job},
             acc(0.9),
         )
-    dirs = report.find_run_dirs(tmp_path)
+    dirs = find_run_dirs(tmp_path)
     assert [d.name for d in dirs] == ["2", "9", "10"]
-    assert report.read_run(dirs[0]).seed == 2
+    assert read_run(dirs[0]).seed == 2
 
 
 def test_a_single_run_folder_is_a_report_of_one(tmp_path):
     run = write_run(tmp_path, "run", {**KD, "alpha": 0.5, "temperature": 2, "seed": 0}, acc(0.9))
-    rep = report.build_report(run)
+    rep = build_report(run)
     assert len(rep.rows) == 1 and rep.columns == ["experiment"]
 
 
 def test_mean_std_is_the_sample_std():
-    st = report.mean_std([1.0, 2.0, 3.0, 4.0])
+    st = mean_std([1.0, 2.0, 3.0, 4.0])
     assert st.mean == 2.5 and st.n == 4
     assert st.std == pytest.approx(math.sqrt(5 / 3))  # sum of squares 5, n - 1 = 3
-    assert report.mean_std([0.7]).std is None
-    assert report.mean_std([None, float("nan")]).mean is None
+    assert mean_std([0.7]).std is None
+    assert mean_std([None, float("nan")]).mean is None
 
 
 def test_unreadable_metrics_are_listed(tmp_path):
@@ -256,13 +257,13 @@ def test_unreadable_metrics_are_listed(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "metrics.json").write_text("{not json")
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     assert [r.status for r in rep.runs] == ["unreadable", "finished"]
     assert "| bad | unreadable: metrics.json:" in (tmp_path / "report.md").read_text()
 
 
 def test_cli_writes_the_report_and_exits_0(sweep, tmp_path, capsys):
-    assert report.main([str(sweep), "--out", str(tmp_path / "o")]) == 0
+    assert report_main([str(sweep), "--out", str(tmp_path / "o")]) == 0
     assert "11 runs (8 finished, 1 failed), 5 configurations" in capsys.readouterr().out
     assert (tmp_path / "o" / "results.csv").is_file()
 
@@ -273,7 +274,7 @@ def test_cli_says_one_sentence_and_exits_2_without_runs(tmp_path, capsys, make):
     if make == "empty":
         (target / "sub").mkdir(parents=True)
     with pytest.raises(SystemExit) as exc:
-        report.main([str(target)])
+        report_main([str(target)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
@@ -287,8 +288,8 @@ def test_teachers_are_listed_once_with_their_accuracy_and_drawn(tmp_path, render
         hp = {**KD, "alpha": alpha, "temperature": t, "seed": 1}
         write_run(tmp_path / "runs", str(i), hp, {**acc(0.88), **teacher})
     write_run(tmp_path / "runs", "base", {**BASE, "method": "none", "seed": 1}, acc(0.885))
-    rep = report.build_report(tmp_path / "runs", tmp_path / "out")
-    [t] = report.teachers_of(rep.runs)
+    rep = build_report(tmp_path / "runs", tmp_path / "out")
+    [t] = teachers_of(rep.runs)
     assert (t.name, t.test_acc, t.val_acc, t.runs) == ("MLP-1200-1200", 0.8706, 0.8808, 4)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Teachers" in text
@@ -298,8 +299,8 @@ def test_teachers_are_listed_once_with_their_accuracy_and_drawn(tmp_path, render
 
 def test_no_teacher_section_without_distillation_runs(tmp_path):
     write_run(tmp_path / "runs", "base", {**BASE, "method": "none", "seed": 1}, acc(0.885))
-    rep = report.build_report(tmp_path / "runs", tmp_path / "out")
-    assert report.teachers_of(rep.runs) == []
+    rep = build_report(tmp_path / "runs", tmp_path / "out")
+    assert teachers_of(rep.runs) == []
     assert "## Teachers" not in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -318,7 +319,7 @@ def test_a_method_comparison_draws_methods_side_by_side(tmp_path):
                 "seed": seed,
             }
             write_run(tmp_path, f"{i}-{seed}", hp, acc(0.7 + i / 100 + seed / 1000))
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     assert [p.name for p in rep.figures] == ["methods.png"]
 
 
@@ -331,7 +332,7 @@ def test_wall_time_per_configuration_and_store_served_apart_from_online(tmp_path
     write_run(root, "b", {**served, "seed": 2}, {**acc(0.92), "wall_s": 420.0})
     write_run(root, "c", {**online, "seed": 1}, {**acc(0.89), "wall_s": 540.0})
     write_run(root, "d", {**online, "seed": 2}, acc(0.89))  # an old run without wall_s
-    report.build_report(root)
+    build_report(root)
     rows = {r["teacher_store"]: r for r in read_csv(root / "results.csv")}  # "true" / "false"
     # 300 and 420 s: mean 360, sample std sqrt((60^2 + 60^2) / 1) = 84.8528
     assert float(rows["true"]["wall_s_mean"]) == pytest.approx(360.0)

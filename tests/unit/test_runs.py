@@ -1,16 +1,15 @@
-"""kdlight.runs and kdlight.io: what a saved config may build, paths kept inside a run folder,
+"""kdlight.run.read and kdlight.io: what a saved config may build, paths kept inside a run folder,
 one key hash, and a read-only teacher store that holds what a run needs."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from kdlight import io, runs
+from kdlight import io
 from kdlight.models.mlp import MLP
+from kdlight.run import read as runs
+from tests.helpers.runs import write_run
 
 
 @pytest.mark.parametrize(
@@ -21,7 +20,7 @@ from kdlight.models.mlp import MLP
         "builtins.eval",
         "kdlight.models.mlp.torch.load",  # an attribute walk out of an allowed module
         "kdlight.models.mlp.nn.Module",  # imported into an allowed module, defined elsewhere
-        "kdlight.train.run",
+        "kdlight.run.train.run",
         "kdlight.models.mlp._private",
     ],
 )
@@ -48,17 +47,16 @@ def test_kdlight_and_torchvision_networks_are_built():
 
 
 def _run(tmp_path, metrics=None, recorded=None):
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / "checkpoints").mkdir()
-    OmegaConf.save(OmegaConf.create({"student": MLP_NODE}), run / ".hydra" / "config.yaml")
+    hydra = None
     if recorded:
         hydra = {"hydra": {"runtime": {"output_dir": str(recorded), "cwd": str(tmp_path)}}}
-        OmegaConf.save(OmegaConf.create(hydra), run / ".hydra" / "hydra.yaml")
-    torch.save({"x": torch.zeros(1)}, run / "checkpoints" / "best-epoch001.ckpt")
-    if metrics:
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    return run
+    return write_run(
+        tmp_path / "run",
+        {"student": MLP_NODE},
+        checkpoints={"best-epoch001.ckpt": {"x": torch.zeros(1)}},
+        metrics=metrics or None,
+        hydra=hydra,
+    )
 
 
 def test_a_moved_run_folder_finds_its_own_checkpoint(tmp_path):
@@ -77,8 +75,8 @@ def test_paths_leading_out_of_the_run_folder_are_refused(tmp_path):
 
 
 def test_one_key_hash_everywhere():
-    from kdlight.store import TeacherLogitStore
-    from kdlight.teacher import key_hash
+    from kdlight.run.teacher import key_hash
+    from kdlight.teacher.store import TeacherLogitStore
 
     key = {"b": [1, 2], "a": "x"}
     assert key_hash is io.key_hash
@@ -104,7 +102,7 @@ def test_a_read_only_store_serves_a_stored_teacher(make_cfg, monkeypatch, tmp_pa
     """A stored teacher is read without opening the store's lock file for writing."""
     from hydra.utils import instantiate
 
-    from kdlight import teacher as teacher_mod
+    from kdlight.run import teacher as teacher_mod
 
     cfg = make_cfg("+experiment=mnist_mlp_kd", "teacher.hidden=[8]")
     dm = instantiate(cfg.data)
@@ -120,8 +118,25 @@ def test_a_read_only_store_serves_a_stored_teacher(make_cfg, monkeypatch, tmp_pa
     def read_only(*args, **kwargs):
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr(teacher_mod, "file_lock", read_only)
+    monkeypatch.setattr(io, "file_lock", read_only)  # the lock of io.cached
     net = instantiate(cfg.teacher)
     info = teacher_mod.train_or_reuse(cfg, net, dm)
     assert info["source"] == str(folder / "teacher.pt")
     assert torch.equal(net.layers[1].weight, stored.layers[1].weight)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("kdlight.data.mnist.MNISTDataModule", "MNISTDataModule"),
+        ("kdlight.data.image_folder.ImageFolderDataModule", "ImageFolderDataModule"),
+    ],
+)
+def test_a_run_of_an_earlier_kdlight_builds_its_moved_data_module(tmp_path, old, new):
+    cfg = {"data": {"_target_": old, "data_dir": str(tmp_path / "data"), "root": str(tmp_path)}}
+    if "mnist" in old:
+        cfg["data"].pop("root")
+    else:
+        cfg["data"].pop("data_dir")
+    run = runs.read_run(write_run(tmp_path / "run", cfg))
+    assert type(run.build_data()).__name__ == new

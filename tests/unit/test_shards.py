@@ -12,11 +12,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kdlight.data import shards as sh
-from kdlight.data.image_folder import ImageFolderDataModule
-from kdlight.data.tiny_imagenet import TinyImageNetDataModule
+from kdlight.cli.shards import main
+from kdlight.data.datasets.tiny_imagenet import TinyImageNetDataModule
+from kdlight.data.modules.image_folder import ImageFolderDataModule
+from kdlight.data.shards.convert import convert
+from kdlight.data.shards.read import MANIFEST, ShardImages
 from kdlight.errors import DataError, KdlightError
-from tests.conftest import write_class_images, write_tiny_imagenet
+from tests.helpers.data import write_class_images, write_tiny_imagenet
+from tests.helpers.hostile import RunsCode
 
 pytest.importorskip("litdata")
 
@@ -35,7 +38,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def out(tree, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("shards") / "out"
-    sh.convert(tree, path, progress=False)
+    convert(tree, path, progress=False)
     return path
 
 
@@ -80,12 +83,12 @@ def test_shards_hold_the_folders_samples_labels_and_bytes_in_order(tree, out):
         names, labels = listing(split)
         assert [f.decode() for f in files] == names and ys.tolist() == labels
     assert len(a.train_files) == 200 and len(a.test_files) == 15
-    train = sh.ShardImages(out, "train", a.train_files)
-    test = sh.ShardImages(out, "test", a.test_files)
+    train = ShardImages(out, "train", a.train_files)
+    test = ShardImages(out, "test", a.test_files)
     for i in (0, 1, 77, 199):  # the file's own bytes: nothing re-encoded
         assert train.read(i) == (tree / a.train_files[i].decode()).read_bytes()
     assert test.read(14) == (tree / a.test_files[14].decode()).read_bytes()
-    manifest = json.loads((out / sh.MANIFEST).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["layout"] == "image_folder" and manifest["source"] == str(tree.resolve())
 
 
@@ -151,11 +154,11 @@ def test_splits_and_options_are_the_folders(tree, out, kw, monkeypatch):
 
 def test_tiny_imagenet_layout_converts_with_its_val_labels(tmp_path):
     tiny = write_tiny_imagenet(tmp_path / "tiny-imagenet-200")
-    manifest = sh.convert(tiny, tmp_path / "out", progress=False)
+    manifest = convert(tiny, tmp_path / "out", progress=False)
     assert manifest["layout"] == "tiny_imagenet"
-    ref = TinyImageNetDataModule(root=str(tiny), num_classes=200, val_size=10)
+    ref = TinyImageNetDataModule(root=str(tiny), num_classes=5, val_size=10)
     dm = TinyImageNetDataModule(
-        root="unused", shards=str(tmp_path / "out"), num_classes=200, val_size=10
+        root="unused", shards=str(tmp_path / "out"), num_classes=5, val_size=10
     )
     ref.setup()
     dm.setup()
@@ -173,21 +176,11 @@ def test_fingerprint_follows_the_samples(tree, out, tmp_path):
     root = tmp_path / "t"
     shutil.copytree(tree, root)
     (root / "train" / CLASSES[0] / sorted(os.listdir(root / "train" / CLASSES[0]))[0]).unlink()
-    sh.convert(root, tmp_path / "out2", progress=False)
+    convert(root, tmp_path / "out2", progress=False)
     assert module(None, tmp_path / "out2").fingerprint() != a.fingerprint()
 
 
 # ---- nothing from the shards is executed --------------------------------------------------------
-
-
-class _Touch:
-    """Unpickling this would create ``path``: the proof that a reader ran code from a shard."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
 
 
 def test_a_shard_holding_pickles_is_refused_without_unpickling(out, tmp_path):
@@ -198,9 +191,9 @@ def test_a_shard_holding_pickles_is_refused_without_unpickling(out, tmp_path):
     shutil.copytree(out, bad)
     shutil.rmtree(bad / "train")
     cache = Cache(input_dir=str(bad / "train"), chunk_bytes="1MB")
-    n = len(json.loads((bad / sh.MANIFEST).read_text())["splits"]["train"]["files"])
+    n = len(json.loads((bad / MANIFEST).read_text())["splits"]["train"]["files"])
     for i in range(n):
-        cache[i] = {"index": i, "label": 0, "image": _Touch(marker)}
+        cache[i] = {"index": i, "label": 0, "image": RunsCode(Path.touch, marker)}
     cache.done()
     cache.merge()
     config = json.loads((bad / "train" / "index.json").read_text())["config"]
@@ -208,7 +201,7 @@ def test_a_shard_holding_pickles_is_refused_without_unpickling(out, tmp_path):
     with pytest.raises(DataError, match="shards of another layout"):
         module(None, bad).setup()
     # even past the manifest check, the reader has no pickle deserialiser
-    reader = sh.ShardImages(bad, "train", module(None, out).load_files().train_files)
+    reader = ShardImages(bad, "train", module(None, out).load_files().train_files)
     with pytest.raises(DataError, match="'pickle' items, which kdlight does not read"):
         reader.read(0)
     assert not marker.exists()
@@ -223,41 +216,41 @@ def test_convert_refuses_an_out_that_holds_something(tree, tmp_path):
     held.mkdir()
     (held / "notes.txt").write_text("keep me\n")
     with pytest.raises(KdlightError, match=r"OUT .*held already holds 1 entry \(notes.txt\)"):
-        sh.convert(tree, held, progress=False)
+        convert(tree, held, progress=False)
     assert (held / "notes.txt").read_text() == "keep me\n" and os.listdir(held) == ["notes.txt"]
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(KdlightError, match="is a file, not a folder"):
-        sh.convert(tree, afile, progress=False)
+        convert(tree, afile, progress=False)
     assert afile.read_text() == "x"
     with pytest.raises(KdlightError, match="is inside SRC"):
-        sh.convert(tree, tree / "shards", progress=False)
+        convert(tree, tree / "shards", progress=False)
     assert not (tree / "shards").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    sh.convert(tree, empty, progress=False)  # an empty folder is fine
-    assert sorted(os.listdir(empty)) == [sh.MANIFEST, "train", "val"]
+    convert(tree, empty, progress=False)  # an empty folder is fine
+    assert sorted(os.listdir(empty)) == [MANIFEST, "train", "val"]
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
 def test_convert_errors_name_the_bad_input(tree, tmp_path):
     with pytest.raises(DataError, match=r"SRC .*nope does not exist or is not a folder; give"):
-        sh.convert(tmp_path / "nope", tmp_path / "o1", progress=False)
+        convert(tmp_path / "nope", tmp_path / "o1", progress=False)
     root = tmp_path / "t"
     shutil.copytree(tree, root)
     bad = root / "train" / CLASSES[2] / "zz_bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match=f"image {bad} is corrupt or not a JPEG/PNG \\(no JPEG/PNG"):
-        sh.convert(root, tmp_path / "o2", progress=False)
+        convert(root, tmp_path / "o2", progress=False)
     assert not (tmp_path / "o2").exists()  # nothing half-written left behind
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
 def test_cli_prints_one_line_and_exits_2_on_a_user_error(tree, tmp_path, capsys):
-    assert sh.main(["convert", str(tree), str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["convert", str(tree), str(tmp_path / "o"), "--quiet"]) == 0
     assert "wrote 200 train/ and 15 val/ images of 5 classes" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        sh.main(["convert", str(tree), str(tmp_path / "o"), "--quiet"])
+        main(["convert", str(tree), str(tmp_path / "o"), "--quiet"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -269,13 +262,13 @@ def test_reading_errors_name_the_folder(out, tmp_path):
     with pytest.raises(DataError, match=r"data.shards=.*nope does not exist or is not a folder"):
         module(None, tmp_path / "nope").setup()
     (tmp_path / "plain").mkdir()
-    with pytest.raises(DataError, match=f"holds no {sh.MANIFEST}; set it to a folder written by"):
+    with pytest.raises(DataError, match=f"holds no {MANIFEST}; set it to a folder written by"):
         module(None, tmp_path / "plain").setup()
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
-    m = json.loads((broken / sh.MANIFEST).read_text())
+    m = json.loads((broken / MANIFEST).read_text())
     m["splits"]["train"]["labels"] = m["splits"]["train"]["labels"][:-1]
-    (broken / sh.MANIFEST).write_text(json.dumps(m))
+    (broken / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(DataError, match="has a kdlight_shards.json kdlight cannot read"):
         module(None, broken).setup()
     with pytest.raises(DataError, match=r"has 5 classes but data.num_classes=3"):
@@ -296,7 +289,7 @@ def test_remote_shards_are_downloaded_and_read_alike(tree, out, tmp_path, monkey
     assert all(torch.equal(got[i][0], ref[i][0]) and got[i][1] == ref[i][1] for i in ref)
     assert remote.arrays.root == url and remote.fingerprint() == module(None, out).fingerprint()
     cached = {p.name for p in (tmp_path / "cache" / "shards").rglob("*") if p.is_file()}
-    assert sh.MANIFEST in cached and any(n.endswith(".bin") for n in cached)  # chunks downloaded
+    assert MANIFEST in cached and any(n.endswith(".bin") for n in cached)  # chunks downloaded
 
 
 def test_a_corrupt_image_in_a_shard_is_named(tree, tmp_path):
@@ -305,7 +298,7 @@ def test_a_corrupt_image_in_a_shard_is_named(tree, tmp_path):
     victim = sorted((root / "train" / CLASSES[0]).glob("*.jpg"))[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) * 2 // 3])  # the header parses, the pixels are cut off
-    sh.convert(root, tmp_path / "o", progress=False)
+    convert(root, tmp_path / "o", progress=False)
     dm = module(None, tmp_path / "o", augment=False)
     dm.setup()
     i = [f.decode() for f in dm.arrays.train_files].index(victim.relative_to(root).as_posix())

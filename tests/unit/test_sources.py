@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import struct
 import tarfile
 from pathlib import Path
 
@@ -14,33 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from kdlight.data import sources
-from kdlight.data.sources import (
-    IDX_FILES,
-    load_cifar10,
-    load_image_folder,
-    load_mnist_family,
-    read_idx,
-)
+from kdlight.data.datasets import cifar10 as cifar10_data
+from kdlight.data.datasets import fetch
+from kdlight.data.datasets import mnist as mnist_data
+from kdlight.data.datasets.cifar10 import load_cifar10
+from kdlight.data.datasets.mnist import IDX_FILES, load_mnist_family
+from kdlight.data.formats.cache import CACHE_DIR_ENV
+from kdlight.data.formats.idx import read_idx
+from kdlight.data.formats.image_tree import load_image_folder
 from kdlight.errors import DataError
+from tests.helpers.data import idx_bytes, write_idx
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as IDX: magic 0x000008DD, big-endian dims, data."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    data = idx_bytes(array)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".gz"):
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-    return path
 
 
 def write_mnist(folder: Path, n_train=5, n_test=3, gz=True, seed=0) -> dict[str, np.ndarray]:
@@ -110,16 +94,16 @@ def forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded although a valid cache exists")
 
-    monkeypatch.setattr(sources.Image, "open", fail)
+    monkeypatch.setattr(Image, "open", fail)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """No test reads a real dataset, the shared archive, or the user's cache."""
-    monkeypatch.setenv(sources.CACHE_DIR_ENV, str(tmp_path / "fallback-cache"))
-    monkeypatch.delenv(sources.CIFAR10_ARCHIVE_ENV, raising=False)
-    monkeypatch.setattr(sources, "CIFAR10_FALLBACK_ARCHIVES", ())
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-dir")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "fallback-cache"))
+    monkeypatch.delenv(cifar10_data.CIFAR10_ARCHIVE_ENV, raising=False)
+    monkeypatch.setattr(cifar10_data, "CIFAR10_FALLBACK_ARCHIVES", ())
+    monkeypatch.setattr(mnist_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-dir")
 
 
 # ---- IDX -------------------------------------------------------------------------------------
@@ -167,7 +151,7 @@ def test_mnist_family_from_torchvision_layout(tmp_path):
 
 
 def test_fashion_mnist_from_debian_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(mnist_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     write_mnist(tmp_path / "debian", gz=True)
     arrays = load_mnist_family("fashion_mnist", tmp_path / "empty-data-dir", download=False)
     assert arrays.train_x.shape == (5, 1, 28, 28)
@@ -175,7 +159,7 @@ def test_fashion_mnist_from_debian_dir(tmp_path, monkeypatch):
 
 
 def test_mnist_family_prefers_data_dir_over_debian(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(mnist_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     write_mnist(tmp_path / "debian", n_train=7)
     write_mnist(tmp_path / "data" / "fashion_mnist", n_train=2, gz=False)
     arrays = load_mnist_family("fashion_mnist", tmp_path / "data", download=False)
@@ -383,28 +367,30 @@ def cifar_like(n=1, top="cifar10/") -> dict[str, bytes]:
     return {
         f"{top}{split}/{cls}/{i}.png": image_bytes((i, 0, 0), size=(32, 32))
         for split in ("train", "test")
-        for cls in sources.CIFAR10_CLASSES
+        for cls in cifar10_data.CIFAR10_CLASSES
         for i in range(n)
     }
 
 
 def test_cifar10_from_archive_in_data_dir(tmp_path):
-    write_tar(tmp_path / sources.CIFAR10_ARCHIVE_NAME, cifar_like(n=2))
+    write_tar(tmp_path / cifar10_data.CIFAR10_ARCHIVE_NAME, cifar_like(n=2))
     arrays = load_cifar10(tmp_path, download=False, progress=False)
     assert arrays.train_x.shape == (20, 3, 32, 32)
-    assert arrays.classes == list(sources.CIFAR10_CLASSES)
+    assert arrays.classes == list(cifar10_data.CIFAR10_CLASSES)
 
 
 def test_cifar10_from_fallback_archive(tmp_path, monkeypatch):
     shared = write_tar(tmp_path / "shared.tar.gz", cifar_like())
-    monkeypatch.setattr(sources, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "nope.tar.gz", shared))
+    monkeypatch.setattr(
+        cifar10_data, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "nope.tar.gz", shared)
+    )
     assert load_cifar10(tmp_path / "data", download=False, progress=False).source == str(shared)
 
 
 def test_cifar10_env_archive_comes_before_fallbacks(tmp_path, monkeypatch):
     env = write_tar(tmp_path / "env.tar", cifar_like())
-    monkeypatch.setenv(sources.CIFAR10_ARCHIVE_ENV, str(env))
-    monkeypatch.setattr(sources, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "other.tar",))
+    monkeypatch.setenv(cifar10_data.CIFAR10_ARCHIVE_ENV, str(env))
+    monkeypatch.setattr(cifar10_data, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "other.tar",))
     assert load_cifar10(tmp_path / "data", download=False, progress=False).source == str(env)
 
 
@@ -432,11 +418,11 @@ class FakeCIFAR10:
         self.data = np.zeros((n, 32, 32, 3), np.uint8)
         self.data[:, 1, 2, 0] = 7  # row 1, column 2, red
         self.targets = list(range(n))
-        self.classes = list(sources.CIFAR10_CLASSES)
+        self.classes = list(cifar10_data.CIFAR10_CLASSES)
 
 
 def test_cifar10_torchvision_batches_are_nchw(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
+    monkeypatch.setattr(fetch, "torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
     (tmp_path / "cifar-10-batches-py").mkdir()
     arrays = load_cifar10(tmp_path, download=False)
     assert arrays.train_x.shape == (4, 3, 32, 32) and arrays.test_x.shape == (2, 3, 32, 32)
@@ -446,8 +432,8 @@ def test_cifar10_torchvision_batches_are_nchw(tmp_path, monkeypatch):
 
 def test_cifar10_nothing_found_lists_places_and_remedies(tmp_path, monkeypatch):
     FakeCIFAR10.calls = []
-    monkeypatch.setattr(sources, "_torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
-    monkeypatch.setattr(sources, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "shared.tar.gz",))
+    monkeypatch.setattr(fetch, "torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
+    monkeypatch.setattr(cifar10_data, "CIFAR10_FALLBACK_ARCHIVES", (tmp_path / "shared.tar.gz",))
     with pytest.raises(DataError) as err:
         load_cifar10(tmp_path / "data", download=True)
     msg = str(err.value)
@@ -460,7 +446,7 @@ def test_cifar10_nothing_found_lists_places_and_remedies(tmp_path, monkeypatch):
 
 def test_cifar10_no_download_when_disabled(tmp_path, monkeypatch):
     FakeCIFAR10.calls = []
-    monkeypatch.setattr(sources, "_torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
+    monkeypatch.setattr(fetch, "torchvision_dataset", {"CIFAR10": FakeCIFAR10}.get)
     with pytest.raises(DataError, match="skipped: data.download=false"):
         load_cifar10(tmp_path, download=False)
     assert FakeCIFAR10.calls == []
@@ -476,7 +462,7 @@ class FakeFashionMNIST:
 
 
 def test_mnist_family_torchvision_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_torchvision_dataset", {"FashionMNIST": FakeFashionMNIST}.get)
+    monkeypatch.setattr(fetch, "torchvision_dataset", {"FashionMNIST": FakeFashionMNIST}.get)
     arrays = load_mnist_family("fashion_mnist", tmp_path, download=True)
     assert arrays.train_x.shape == (6, 1, 28, 28) and arrays.train_x.dtype == torch.uint8
     assert arrays.test_y.dtype == torch.int64 and arrays.test_y.tolist() == [0, 1]
@@ -489,6 +475,6 @@ def test_mnist_family_download_failure_is_reported(tmp_path, monkeypatch):
 
         return fail
 
-    monkeypatch.setattr(sources, "_torchvision_dataset", offline)
+    monkeypatch.setattr(fetch, "torchvision_dataset", offline)
     with pytest.raises(DataError, match="mnist not found: .*failed: OSError: no route to host"):
         load_mnist_family("mnist", tmp_path, download=True)

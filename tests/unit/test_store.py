@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kdlight.errors import DataError, KdlightError
-from kdlight.store import TeacherLogitStore
+from kdlight.teacher.store import TeacherLogitStore
 
 N, C = 100, 10
 KEY = {"teacher": "abc123", "data": "toy", "aug": "crop_flip", "seed": 0}
@@ -80,6 +80,7 @@ def test_compute_once_then_served_from_disk(tmp_path):
     assert torch.equal(served, out)
     assert sorted(p.name for p in store.path.iterdir() if not p.name.endswith(".lock")) == [
         "key.json",
+        "view_0-checksums.json",
         "view_0.json",
         "view_0.npy",
     ]
@@ -141,11 +142,16 @@ def test_different_keys_different_dirs(tmp_path):
     assert not b.has(0)
 
 
-def test_key_json_mismatch_is_an_error(tmp_path):
+def test_key_json_of_another_key_is_damaged_not_a_collision(tmp_path):
     store = _store(tmp_path)
     (store.path / "key.json").write_text(json.dumps({"teacher": "someone else"}))
-    with pytest.raises(KdlightError, match="hash collision"):
+    with pytest.raises(KdlightError) as info:
         _store(tmp_path)
+    assert str(info.value) == (
+        f"teacher store key file {store.path / 'key.json'} is damaged (it holds another "
+        f"folder's key); delete the folder {store.path} (a cache: the next run recomputes its "
+        "teacher outputs)."
+    )
 
 
 @pytest.mark.parametrize(
@@ -271,7 +277,7 @@ def test_concurrent_get_computes_once(tmp_path):
     # forkserver, not fork: children come from a fresh process (no threads or CUDA state from
     # pytest); preloading torch there makes starting 4 of them ~2x faster than "spawn".
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "kdlight.store"])
+    ctx.set_forkserver_preload(["torch", "kdlight.teacher.store"])
     barrier, queue = ctx.Barrier(4), ctx.Queue()
     log = tmp_path / "calls.log"
     procs = [

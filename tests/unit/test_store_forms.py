@@ -9,7 +9,7 @@ import torch
 
 from kdlight.methods.at import AT, pooled_attention_map
 from kdlight.methods.base import EMBEDDING, RAW, Context
-from kdlight.store import TeacherLogitStore
+from kdlight.teacher.store import TeacherLogitStore
 
 N, C = 60, 10
 KEY = {"teacher": "abc123", "data": "toy"}
@@ -48,8 +48,11 @@ def test_forms_are_stored_beside_the_logits_in_one_pass(tmp_path):
     pos = torch.tensor([0, 59, 7, 7])
     assert torch.equal(view.logits(pos), _logits(pos))
     assert torch.equal(view.rows(TABLE, pos), _embedding(pos))
-    metas = {p.name: json.loads(p.read_text()) for p in store.path.glob("view_2*.json")}
+    metas = {p.name: json.loads(p.read_text()) for p in store.path.glob("view_2.*json")}
     assert len(metas) == 2 and "view_2.json" in metas  # the logits keep their file name
+    # the view's manifest holds the checksum of both tables' files
+    manifest = json.loads((store.path / "view_2-checksums.json").read_text())["files"]
+    assert manifest == {n.replace(".json", ".npy"): m["checksum"] for n, m in metas.items()}
     (form_file,) = (n for n in metas if n != "view_2.json")
     # the layer and form are in the file's name (':' made safe) and its meta
     assert form_file.startswith("view_2.fc_in_embedding-") and ":" not in form_file

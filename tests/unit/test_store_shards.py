@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from kdlight.errors import ConfigError
-from kdlight.store import TeacherLogitStore
+from kdlight.teacher.store import TeacherLogitStore
 
 N, C, R = 100, 10, 30  # 4 shards: rows 0-29, 30-59, 60-89, 90-99
 KEY = {"teacher": "abc123", "data": "toy"}
@@ -108,7 +108,7 @@ def test_a_live_writers_temp_file_is_kept_and_a_dead_ones_removed(tmp_path):
 
 
 def test_a_writer_whose_temp_file_vanished_reads_what_was_published(tmp_path, monkeypatch):
-    import kdlight.store as store_module
+    import kdlight.teacher.fill as store_module  # the store's writer publishes with os.replace
 
     real_replace, lost = os.replace, []
 
@@ -152,7 +152,7 @@ def _racer(root: str, log: str, barrier, queue) -> None:
 
 def test_two_writers_without_flock_race_benignly(tmp_path):
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "kdlight.store"])
+    ctx.set_forkserver_preload(["torch", "kdlight.teacher.store"])
     barrier, queue = ctx.Barrier(2), ctx.Queue()
     log = tmp_path / "calls.log"
     procs = [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdlight.errors import ConfigError
-from kdlight.store import TeacherLogitStore
+from kdlight.teacher.store import TeacherLogitStore
 
 KEY = {"teacher": "abc123", "data": "toy"}
 ROW = [2.0, 0.0, 1.0, -1.0, 0.5]

@@ -2,7 +2,7 @@
 
 Because nothing depends on a global RNG, on the batch a sample lands in, or on the device,
 the teacher's logits for every (view, sample) can be computed once and reused
-(see :mod:`kdlight.store`).
+(see :mod:`kdlight.teacher.store`).
 """
 
 from __future__ import annotations

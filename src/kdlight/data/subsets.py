@@ -75,6 +75,28 @@ def labeled_subset(
     return indices[picked]
 
 
+def class_interleaved(indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``indices`` reordered so that every prefix holds the classes in proportion (evaluation order).
+
+    The k-th of a class's ``n_c`` members (in ``indices`` order) sits at ``(k + 0.5) / n_c``;
+    ties go to the lower class. A limited evaluation (``trainer.limit_val_batches``) of a
+    class-sorted split then still sees every class; the full set is the same set, so its
+    metrics do not change. Pure: no seed, no state.
+    """
+    if indices.numel() == 0:
+        return indices
+    y = labels[indices]
+    classes, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    by_class = torch.argsort(inverse, stable=True)
+    rank = torch.empty_like(by_class)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[by_class] = torch.arange(indices.numel()) - starts.repeat_interleave(counts)
+    position = (rank.double() + 0.5) / counts[inverse].double()
+    order = torch.argsort(inverse, stable=True)  # ties: lower class first
+    order = order[torch.argsort(position[order], stable=True)]
+    return indices[order]
+
+
 def check_fraction(fraction: float) -> None:
     """Raise :class:`ConfigError` unless 0 < fraction <= 1."""
     if not 0.0 < float(fraction) <= 1.0:

@@ -13,9 +13,9 @@ only when the run's raw maps fit ``teacher_store.max_gb``, else the teacher runs
 
 Layers. ``student_layers`` / ``teacher_layers`` are lists of ``named_modules()`` names (a name
 ending in ``:in`` taps that module's input, e.g. ``fc:in``, the penultimate feature), paired
-in order, or ``auto``: the stage outputs of each network (:func:`stage_layers`, RepDistiller's
-``feat[1:-1]``) and/or the input of its last Linear (:func:`penultimate_layer`, its
-``feat[-1]``), as the method's paper uses them. When the two networks have different numbers
+in order, or ``auto``: the stage outputs each network declares (:func:`stage_layers`,
+RepDistiller's ``feat[1:-1]``; see :mod:`kdlight.models.base`) and/or its penultimate feature
+(:func:`penultimate_layer`, its ``feat[-1]``), as the method's paper uses them. When the two networks have different numbers
 of stages, ``auto`` pairs the first ones both have (RepDistiller zips the two lists).
 """
 
@@ -29,52 +29,27 @@ from omegaconf import ListConfig
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.hooks import INPUT_SUFFIX, find_module, split_tap
 from kdlight.methods.base import RAW, Context, Form, Method, check_range
 from kdlight.methods.kd import soft_kl
+from kdlight.methods.taps import INPUT_SUFFIX, find_module, plain, split_tap
+from kdlight.models.base import penultimate_name, stage_names
 
 KINDS = ("stages", "last_stage", "penultimate", "stages+penultimate")
 
 
-def _stage_names(net: nn.Module) -> tuple[str, ...] | None:
-    from kdlight import models as m
-
-    table: list[tuple[type, tuple[str, ...]]] = [
-        (m.ResNet, ("layer1", "layer2", "layer3")),
-        (m.ResNet18, ("layer1", "layer2", "layer3", "layer4")),
-        (m.ResNet50Cifar, ("layer1", "layer2", "layer3", "layer4")),
-        (m.PreResNet, ("layer1", "layer2", "layer3")),
-        (m.WideResNet, ("block1", "block2", "block3")),
-        (m.CifarResNeXt, ("stage_1", "stage_2", "stage_3")),
-        (m.DenseNet, ("trans1", "trans2", "dense3")),
-        (m.VGG, ("block1", "block2", "block3", "block4")),
-        (m.MobileNetV2, ("blocks.1", "blocks.2", "blocks.4", "blocks.6")),
-        (m.ShuffleNetV1, ("layer1", "layer2", "layer3")),
-        (m.ShuffleNetV2, ("layer1", "layer2", "layer3")),
-        (m.CNN5, ("bn1", "bn2", "bn3")),
-    ]
-    for cls, names in table:
-        if isinstance(net, cls):
-            return names
-    if isinstance(net, m.MLP):
-        return tuple(f"layers.{i}" for i, x in enumerate(net.layers) if isinstance(x, nn.ReLU))
-    return None
-
-
 def stage_layers(net: nn.Module, role: str = "network") -> tuple[str, ...]:
-    """The stage outputs of a zoo network, shallow to deep, as ``named_modules()`` names.
+    """The stage outputs ``net`` declares in ``feature_info`` (:mod:`kdlight.models.base`), shallow to deep.
 
-    ResNets, PreResNets, ShuffleNets: ``layer1..3`` (``layer1..4`` for ResNet-18/50); WRN:
-    ``block1..3``; ResNeXt: ``stage_1..3``; DenseNet: ``trans1, trans2, dense3``; MobileNetV2:
-    ``blocks.1/2/4/6`` (RepDistiller's f1..f4); VGG: ``block1..4`` and the 5-layer CNN:
-    ``bn1..3`` (both before their ReLU, the CNN's also before its max-pool, since the
-    activation is not a module there); MLP: its hidden ReLUs. Other networks: ConfigError.
+    Every zoo network declares them (post-activation maps where a stage ends in one; the
+    table is in :mod:`kdlight.models`), as do torchvision ResNets and timm models built by
+    :mod:`kdlight.models.external`. Other networks: ConfigError.
     """
-    names = _stage_names(net)
+    names = stage_names(net)
     if not names:
         raise ConfigError(
-            f"layers=auto does not know the stages of the {role} {type(net).__name__}; name its "
-            f"layers in distill.student_layers / distill.teacher_layers (named_modules() names)."
+            f"layers=auto does not know the stages of the {role} {type(plain(net)).__name__} (it "
+            f"declares no feature_info); name its layers in distill.student_layers / "
+            f"distill.teacher_layers (named_modules() names)."
         )
     return names
 
@@ -82,26 +57,23 @@ def stage_layers(net: nn.Module, role: str = "network") -> tuple[str, ...]:
 def hint_stage(net: nn.Module, role: str = "network") -> str:
     """The second stage output, the one FitNets hints or guides by default (``auto``).
 
-    RepDistiller's ``--hint_layer 2`` (``feat[2]``): ``layer2`` of a CIFAR ResNet, ``bn2`` of
-    the 5-layer CNN; of an MLP, the second hidden Linear (before its ReLU, as the CNN's
-    ``bn2``; the first when it has one hidden layer).
+    RepDistiller's ``--hint_layer 2`` (``feat[2]``): ``layer2`` of a CIFAR ResNet, ``relu2``
+    of the 5-layer CNN, an MLP's second hidden ReLU (the first when it has one hidden layer).
     """
-    from kdlight.models import MLP
-
-    if isinstance(net, MLP):
-        stages = _linear_names(net)[:-1]
-    else:
-        stages = stage_layers(net, role)
+    stages = stage_layers(net, role)
     return stages[min(1, len(stages) - 1)]
 
 
-def _linear_names(net: nn.Module) -> tuple[str, ...]:
-    return tuple(n for n, x in net.named_modules() if isinstance(x, nn.Linear))
-
-
 def penultimate_layer(net: nn.Module, role: str = "network") -> str:
-    """``"<last Linear>:in"``: the feature vector the classifier reads (RepDistiller's ``feat[-1]``)."""
-    linears = _linear_names(net)
+    """The feature vector the classifier reads (RepDistiller's ``feat[-1]``).
+
+    The network's declared ``penultimate`` tap (CNN5: ``relu4``, before its dropout), else
+    ``"<last Linear>:in"``.
+    """
+    declared = penultimate_name(net)
+    if declared is not None:
+        return declared
+    linears = tuple(n for n, x in plain(net).named_modules() if isinstance(x, nn.Linear))
     if not linears:
         raise ConfigError(
             f"layers=auto found no nn.Linear classifier in the {role} {type(net).__name__}; name "

@@ -9,7 +9,8 @@ residual R_{l+1} from the level below (nearest-upsampled to X_l's size) by two s
 attention maps a, b = sigmoid(conv1x1([X_l, R_{l+1}])):
 
     R_l = a * X_l + b * up(R_{l+1})          (R_L = X_L: the deepest level is not fused)
-    Y_l = BN(conv3x3(resize(R_l)))           (to the teacher's channels and size at level l)
+    R_l <- resize(R_l)                       (nearest, to the teacher's size at level l)
+    Y_l = BN(conv3x3(R_l))                   (to the teacher's channels)
 
 and the review loss compares Y_l with the teacher's level-l feature T_l at several scales:
 
@@ -23,8 +24,8 @@ where P_k is adaptive average pooling to k x k and j(k) counts the pooled scales
 
 with beta 5, warmup 20, mid = min(512, channels of the student's deepest level). mdistiller
 counts epochs from 1 (kdlight's ``ctx.epoch`` from 0, hence epoch + 1). Its teacher features
-are taken before the stages' last ReLU; kdlight's stage taps are the stage outputs (after it,
-where the network applies one), which the student's BN-ended outputs can match just as well.
+are taken before the stages' last ReLU; kdlight's stage taps are the stages each network
+declares (post-activation where a stage ends in one; see :mod:`kdlight.models`).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class ABF(nn.Module):
             up = F.interpolate(residual, x.shape[-2:], mode="nearest")
             att = self.att_conv(torch.cat([x, up], dim=1))
             x = x * att[:, :1] + up * att[:, 1:]
-        y = x if tuple(x.shape[-2:]) == out_size else F.interpolate(x, out_size, mode="nearest")
-        return self.conv2(y), x
+        if tuple(x.shape[-2:]) != out_size:
+            x = F.interpolate(x, out_size, mode="nearest")
+        # the residual passed on is the resized map, as mdistiller's ABF returns it
+        return self.conv2(x), x
 
 
 class ReviewKD(FeatureKD):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 class Bottleneck(nn.Module):
@@ -103,9 +104,15 @@ class DenseNet(nn.Module):
         self.conv1 = nn.Conv2d(3, self.inplanes, 3, padding=1, bias=False)
         self.dense1 = self._make_dense_block(block, n, drop_rate)
         self.trans1 = self._make_transition(compression)
+        trans1 = self.inplanes
         self.dense2 = self._make_dense_block(block, n, drop_rate)
         self.trans2 = self._make_transition(compression)
+        trans2 = self.inplanes
         self.dense3 = self._make_dense_block(block, n, drop_rate)
+        # pre-activation: transitions end in conv + pool, the last block on the concatenation
+        self.feature_info = [
+            stage("trans1", trans1, 2), stage("trans2", trans2, 4), stage("dense3", self.inplanes, 4),
+        ]  # fmt: skip
         self.bn = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(self.inplanes, num_classes)

@@ -7,6 +7,11 @@ unless ``weights=`` (torchvision's enum names, e.g. ``IMAGENET1K_V1``) or ``pret
 its parameter names (and torchvision or timm checkpoints) and its ``named_modules()`` layer
 names (for feature methods) are the library's.
 
+Stages (``feature_info``, :mod:`kdlight.models.base`): torchvision's ResNet family
+(``resnet*``, ``resnext*``, ``wide_resnet*``) gets ``layer1..4`` (post-ReLU); a timm model
+keeps timm's own ``feature_info`` without its stem entry. Other torchvision networks declare
+none (name their layers in ``distill.*_layers``).
+
 ``input_size``: when a network expects another resolution than the data gives (an ImageNet
 teacher at 224 over a 64-pixel student's batches), the network resizes each input batch to
 ``input_size x input_size`` first (``F.interpolate``, bilinear, ``antialias=False``), in a
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 #: timm.create_model arguments that would read a file with timm's own loader (never passed on).
 _TIMM_FILE_ARGUMENTS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay")
@@ -68,6 +74,30 @@ def with_input_size(net: nn.Module, input_size: int | None) -> nn.Module:
     return net
 
 
+def _torchvision_stages(net: nn.Module) -> None:
+    """``feature_info`` of a torchvision ResNet-family network (layer1..4); others: unchanged."""
+    layers = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(x, nn.Sequential) for x in layers) or not hasattr(net, "fc"):
+        return
+    chans = []
+    for layer in layers:
+        bns = [m for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)]
+        if not bns:
+            return
+        chans.append(bns[-1].num_features)  # a block's last BN gives its output channels
+    net.feature_info = [stage(f"layer{i + 1}", c, 4 << i) for i, c in enumerate(chans)]
+
+
+def _timm_stages(net: nn.Module) -> None:
+    """timm's ``feature_info`` without its stem entry (kdlight's stages are RepDistiller's feat[1:-1])."""
+    info = getattr(net, "feature_info", None)
+    if not isinstance(info, list) or not all(isinstance(d, dict) and "module" in d for d in info):
+        return
+    if len(info) > 1 and info[0].get("reduction", 0) < info[1].get("reduction", 0):
+        info = info[1:]  # the stem's output: a lower reduction than the first stage's
+    net.feature_info = [stage(d["module"], d["num_chs"], d["reduction"]) for d in info]
+
+
 def _unknown(library: str, name: str, names: list[str], hint: str) -> ConfigError:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     near = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(names[:5])}"
@@ -79,18 +109,54 @@ def _check_classes(num_classes: int) -> None:
         raise ConfigError(f"num_classes={num_classes!r} is invalid; it must be an integer >= 1.")
 
 
+def adapt_input_channels(net: nn.Module, in_chans: int) -> nn.Module:
+    """Give ``net``'s first convolution ``in_chans`` input channels instead of 3.
+
+    The new kernel is the old one summed over its RGB inputs (grey-scale: what the RGB filter
+    sees of a grey image replicated to 3 channels), repeated and scaled by 3 / in_chans for other
+    counts, so pretrained weights stay meaningful; as timm does for its ``in_chans``.
+    """
+    for parent in net.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                conv = nn.Conv2d(
+                    in_chans,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                    child.padding_mode,
+                )
+                with torch.no_grad():
+                    summed = child.weight.sum(dim=1, keepdim=True)
+                    conv.weight.copy_(summed.repeat(1, in_chans, 1, 1) / in_chans)
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, child_name, conv)
+                return net
+    raise ConfigError(
+        f"{type(net).__name__} has no 3-channel input convolution to adapt to in_chans={in_chans}."
+    )
+
+
 def torchvision_model(
     name: str,
     num_classes: int,
     weights: str | None = None,
     input_size: int | None = None,
+    in_chans: int | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build ``torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)``.
 
     ``weights``: a name of the model's weights enum (``IMAGENET1K_V1``, ``DEFAULT``, or the
     full ``ResNet34_Weights.IMAGENET1K_V1``); None keeps torchvision's random initialisation.
-    Pretrained weights fix ``num_classes`` to theirs (1,000 for ImageNet).
+    Pretrained weights fix ``num_classes`` to theirs (1,000 for ImageNet). ``in_chans`` (None:
+    3; the run code passes the data's channels) adapts the first convolution
+    (:func:`adapt_input_channels`), e.g. 1 for grey-scale data.
     """
     import torchvision.models as tvm
 
@@ -125,6 +191,9 @@ def torchvision_model(
             f"could not fetch torchvision's {name} weights {weights.name} ({exc}); put the file in "
             f"{torch.hub.get_dir()}/checkpoints/ or use weights=null."
         ) from exc
+    if in_chans is not None and int(in_chans) != 3:
+        adapt_input_channels(net, int(in_chans))
+    _torchvision_stages(net)
     return with_input_size(net, input_size)
 
 
@@ -133,6 +202,7 @@ def timm_model(
     num_classes: int,
     pretrained: bool = False,
     input_size: int | None = None,
+    in_chans: int | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build ``timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)``.
@@ -158,6 +228,8 @@ def timm_model(
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models(), "all: timm.list_models()")
     try:
+        if in_chans is not None:  # None: timm's default, 3 (the run code passes the data's)
+            kwargs["in_chans"] = int(in_chans)
         net = timm.create_model(
             name, pretrained=bool(pretrained), num_classes=num_classes, **kwargs
         )
@@ -170,4 +242,5 @@ def timm_model(
             f"could not fetch timm's pretrained {name} weights ({exc}); use pretrained=false "
             "or teacher_ckpt=PATH."
         ) from exc
+    _timm_stages(net)
     return with_input_size(net, input_size)

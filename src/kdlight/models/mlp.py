@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 class MLP(nn.Module):
@@ -39,6 +40,12 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
         self.num_classes = num_classes
+        # the hidden layers' activations (before dropout); "reduction" has no meaning here: 1
+        self.feature_info = [
+            stage(f"layers.{i}", layers[i - 1].out_features, 1)
+            for i, m in enumerate(layers)
+            if isinstance(m, nn.ReLU)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

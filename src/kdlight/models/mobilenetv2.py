@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 #: (expansion t, channels c, repeats n, first stride s) per stage; t=None means "expand_ratio".
 STAGES = (
@@ -82,6 +83,7 @@ class MobileNetV2(nn.Module):
         channels = int(32 * width_mult)
         self.conv1 = _conv_bn_relu(3, channels, 3, 2)
         self.blocks = nn.ModuleList()
+        outs = []
         for t, c, n, s in STAGES:
             out = int(c * width_mult)
             layers = []
@@ -91,6 +93,11 @@ class MobileNetV2(nn.Module):
                 )
                 channels = out
             self.blocks.append(nn.Sequential(*layers))
+            outs.append(channels)
+        # RepDistiller's f1..f4; inverted residuals end in a linear bottleneck (no activation)
+        self.feature_info = [
+            stage(f"blocks.{i}", outs[i], r) for i, r in ((1, 2), (2, 4), (4, 8), (6, 16))
+        ]
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(channels, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -102,6 +103,9 @@ class PreResNet(nn.Module):
         self.bn = nn.BatchNorm2d(64 * block_cls.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(64 * block_cls.expansion, num_classes)
+        e = block_cls.expansion
+        # pre-activation: a stage ends on the residual stream (no activation exists there)
+        self.feature_info = [stage(f"layer{i + 1}", (16 << i) * e, 1 << i) for i in range(3)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -122,6 +123,11 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block_cls, widths[2], n, stride=2)
         self.layer3 = self._make_layer(block_cls, widths[3], n, stride=2)
         self.fc = nn.Linear(widths[3] * block_cls.expansion, num_classes)
+        e = block_cls.expansion
+        self.feature_info = [  # each block ends in ReLU: post-activation maps
+            stage("layer1", widths[1] * e, 1), stage("layer2", widths[2] * e, 2),
+            stage("layer3", widths[3] * e, 4),
+        ]  # fmt: skip
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # Same as the original normal(0, sqrt(2 / (k * k * out_channels))).

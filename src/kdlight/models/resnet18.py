@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlight.models.base import stage
+
 
 class BasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU.
@@ -56,6 +58,8 @@ class ResNet18(nn.Module):
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512, num_classes)
+        # each block ends in ReLU: post-activation maps
+        self.feature_info = [stage(f"layer{i + 1}", 64 << i, 1 << i) for i in range(4)]
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlight.models.base import stage
+
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride) -> 1x1 (4x width) convs with BN, plus shortcut, then ReLU.
@@ -66,6 +68,9 @@ class ResNet50Cifar(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        # each block ends in ReLU: post-activation maps
+        e = Bottleneck.expansion
+        self.feature_info = [stage(f"layer{i + 1}", (64 << i) * e, 1 << i) for i in range(4)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

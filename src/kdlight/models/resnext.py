@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 class ResNeXtBottleneck(nn.Module):
@@ -85,6 +86,8 @@ class CifarResNeXt(nn.Module):
         self.stage_2 = self._make_stage("stage_2", stages[1], stages[2], 2)
         self.stage_3 = self._make_stage("stage_3", stages[2], stages[3], 2)
         self.classifier = nn.Linear(stages[3], num_classes)
+        # each bottleneck ends in ReLU: post-activation maps
+        self.feature_info = [stage(f"stage_{i}", stages[i], 1 << (i - 1)) for i in (1, 2, 3)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

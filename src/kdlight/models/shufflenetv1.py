@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlight.models.base import stage
+
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """[N, g*c, H, W] -> view [N, g, c, H, W] -> transpose to [N, c, g, H, W] -> [N, g*c, H, W]."""
@@ -81,6 +83,8 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(out_planes[2], num_classes)
+        # each block ends in ReLU: post-activation maps
+        self.feature_info = [stage(f"layer{i + 1}", out_planes[i], 2 << i) for i in range(3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

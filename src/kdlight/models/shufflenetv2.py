@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 #: net size -> (stage output channels + final conv channels, blocks per stage), from the original.
 SIZES: dict[float, tuple[tuple[int, int, int, int], tuple[int, int, int]]] = {
@@ -105,6 +106,8 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(channels[2], channels[3], 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels[3])
         self.linear = nn.Linear(channels[3], num_classes)
+        # blocks end in a channel shuffle of [passed-through half, ReLU half]
+        self.feature_info = [stage(f"layer{i + 1}", channels[i], 2 << i) for i in range(3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 #: depth -> channels of the convs in each of the five blocks (RepDistiller's cfg S, A, B, D, E).
 CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {
@@ -39,7 +40,8 @@ class VGG(nn.Module):
     14,774,436, VGG-19 20,086,692. Parameter names (``block{0..4}.{3i}`` conv, ``.{3i+1}`` BN,
     ``classifier``) are those of HobbitLong/RepDistiller ``models/vgg.py`` (``vgg*_bn``, also
     mdistiller's), so its ``vgg13_vanilla/ckpt_epoch_240.pth`` loads directly. Like the
-    original, the fourth pooling is skipped on 32x32 inputs (block 4 runs at 4x4).
+    original, the fourth pooling is skipped on 32x32 inputs (block 4 runs at 4x4). Stages:
+    ``relu1..4``, each block's activation before its pooling (RepDistiller's f1..f4).
     """
 
     def __init__(self, depth: int = 13, num_classes: int = 10) -> None:
@@ -56,6 +58,11 @@ class VGG(nn.Module):
             _block(c, i) for c, i in zip(cfg, ins, strict=True)
         )
         self.pool0, self.pool1, self.pool2, self.pool3 = (nn.MaxPool2d(2, 2) for _ in range(4))
+        # One parameter-free ReLU module per block, so each block's activation can be tapped.
+        self.relu0, self.relu1, self.relu2, self.relu3, self.relu4 = (nn.ReLU() for _ in range(5))
+        self.feature_info = [
+            stage(f"relu{i}", cfg[i][-1], r) for i, r in ((1, 2), (2, 4), (3, 8), (4, 8))
+        ]
         self.classifier = nn.Linear(512, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -67,13 +74,13 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[2]
-        x = self.pool0(F.relu(self.block0(x)))
-        x = self.pool1(F.relu(self.block1(x)))
-        x = self.pool2(F.relu(self.block2(x)))
-        x = F.relu(self.block3(x))
+        x = self.pool0(self.relu0(self.block0(x)))
+        x = self.pool1(self.relu1(self.block1(x)))
+        x = self.pool2(self.relu2(self.block2(x)))
+        x = self.relu3(self.block3(x))
         if h == 64:  # as the original: a 4th pooling only for 64x64 (Tiny-ImageNet) inputs
             x = self.pool3(x)
-        x = F.relu(self.block4(x))
+        x = self.relu4(self.block4(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(x)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.models.base import stage
 
 
 class BasicBlock(nn.Module):
@@ -103,6 +104,8 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(widths[3], num_classes)
+        # pre-activation: a stage ends on the residual stream, as RepDistiller's f1..f3
+        self.feature_info = [stage(f"block{i}", widths[i], 1 << (i - 1)) for i in (1, 2, 3)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,1 @@
+"""Image folders as LitData shards: ``convert`` writes them, ``read`` serves their samples by index."""

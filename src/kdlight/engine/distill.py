@@ -1,0 +1,258 @@
+"""The distillation engine: a student learning from a frozen teacher through any method.
+
+One system runs every :class:`kdlight.methods.base.Method`; it never names one. The teacher's
+outputs come from :class:`kdlight.teacher.outputs.TeacherOutputs` (store, online or carried by
+the batch). Trained by the CLI with a kdlight data module, or by a plain ``lightning.Trainer``
+on ``(x, y)`` batches (the library API: ``kdlight.DistillationModule(student, teacher,
+method="kd", alpha=0.9)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlight.data.protocol import as_batch
+from kdlight.engine.base import DEFAULT_OPTIMIZER, EvalModule, num_classes_of
+from kdlight.errors import ConfigError
+from kdlight.methods.base import Context, Method
+from kdlight.methods.taps import plain, tapped_forward
+from kdlight.teacher.outputs import TeacherOutputs
+
+
+class DistillationModule(EvalModule):
+    """Trains ``student`` from a frozen ``teacher`` through ``method`` (any distillation method).
+
+    The teacher is frozen: always in eval mode (dropout off, BatchNorm statistics fixed), no
+    gradients, not in the optimizer, and left out of checkpoints (it is rebuilt from its own
+    file). Each step runs what ``method.plan(epoch)`` asks for: forward hooks only on the
+    layers it names and only during the step; the teacher's logits and layer forms come from
+    :class:`~kdlight.teacher.outputs.TeacherOutputs` (``teacher_store``, online, or carried by
+    the batch; decided once per run and logged when training starts).
+    The method's own parameters are in the optimizer and, with its buffers, in checkpoints.
+    Logs ``train/<term>`` for every term the method returns, ``train/acc`` and
+    ``test/agreement`` (top-1 agreement of student and teacher on the test set).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        method: Method | str = "kd",
+        num_classes: int | None = None,
+        optimizer=DEFAULT_OPTIMIZER,
+        scheduler=None,
+        compile: bool = False,
+        teacher_store=None,
+        log_agreement: bool = True,
+        fused_optimizer: bool | str = "auto",
+        example_input: torch.Tensor | None = None,
+        **method_hparams: Any,
+    ) -> None:
+        num_classes = num_classes_of(student) if num_classes is None else num_classes
+        super().__init__(num_classes, optimizer, scheduler, compile, fused_optimizer)
+        if isinstance(method, str):
+            from kdlight.config import method_from_name
+
+            method = method_from_name(method, **method_hparams)
+        elif method_hparams:
+            raise ConfigError(
+                f"DistillationModule got settings {sorted(method_hparams)} beside a built method; "
+                "give them to the method's constructor, or name the method (method='kd')."
+            )
+        if not isinstance(method, Method):
+            raise ConfigError(
+                f"distill._target_ builds a {type(method).__name__}, which is not a kdlight method "
+                "(a subclass of kdlight.methods.base.Method)."
+            )
+        self.net = student
+        self.teacher = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.method = method
+        # the one source of this system's teacher logits and forms (store / online / carried)
+        self.teacher_outputs = TeacherOutputs(teacher, method, teacher_store)
+        self.log_agreement = bool(log_agreement)
+        self.agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.num_classes = int(num_classes)
+        self.example_input = example_input
+        self._built = False
+        self.strict_loading = False  # teacher weights are not stored in our checkpoints
+        self.save_hyperparameters(
+            ignore=[
+                "student",
+                "teacher",
+                "method",
+                "optimizer",
+                "scheduler",
+                "teacher_store",
+                "example_input",
+            ]
+        )
+
+    @property
+    def student(self) -> nn.Module:
+        return self.net
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ---- the method's own layers ---------------------------------------------------------
+    @torch.no_grad()
+    def build_method(self, example: torch.Tensor) -> None:
+        """Give the method the tapped features of ``example`` so it can size its own layers."""
+        student = plain(self.net)
+        self.method.resolve_layers(student, self.teacher)
+        was = student.training
+        student.eval()
+        try:
+            s_layers, t_layers = self.method.student_layers, self.method.teacher_layers
+            _, s_feats = tapped_forward(student, example, s_layers, True, "student layer")
+            _, t_feats = tapped_forward(self.teacher, example, t_layers, True, "teacher layer")
+        finally:
+            student.train(was)
+        self.method.build(s_feats, t_feats, self.num_classes)
+        self.method.to(example.device)
+        self.teacher_outputs.set_forms(t_feats)
+        self._built = True
+
+    def setup(self, stage: str) -> None:
+        if not self._built:
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            dm = getattr(dm, "real", dm)  # a transfer-set module wraps the real data
+            if dm is not None and hasattr(dm, "view_batch"):
+                idx = dm.train_idx if dm.train_idx.numel() else dm.val_idx
+                self.method.bind_data(
+                    int(dm.arrays.train_y.numel()),
+                    dm.train_idx,
+                    None if getattr(dm, "unlabeled", False) else dm.arrays.train_y[dm.train_idx],
+                )
+                self.build_method(dm.view_batch(idx[:2], None))
+            else:
+                self._build_without_data_module()
+        super().setup(stage)
+
+    def _build_without_data_module(self) -> None:
+        """Build the method for plain ``(x, y)`` loaders or another LightningDataModule."""
+        name = type(self.method).__name__
+        kind = type(self.method)
+        if (
+            kind.bind_data is not Method.bind_data
+            or kind.fit_datamodule is not Method.fit_datamodule
+        ):
+            raise ConfigError(
+                f"method {name} keeps state per training sample or makes its own training data; "
+                "fit it with a kdlight data module (python -m kdlight.train ... or kdlight.data)."
+            )
+        if self.example_input is not None:
+            self.build_method(self.example_input[:2])
+            return
+        self.method.resolve_layers(plain(self.net), self.teacher)
+        if self.method.student_layers or self.method.teacher_layers:
+            raise ConfigError(
+                f"method {name} sizes its layers from the networks' features: pass "
+                "example_input=<a batch of inputs> to DistillationModule."
+            )
+        self.method.build({}, {}, self.num_classes)
+        self.teacher_outputs.set_forms({})
+        self._built = True
+
+    def fit_datamodule(self, datamodule):
+        """The data module to fit on (the method may swap the training data, e.g. data-free KD)."""
+        return self.method.fit_datamodule(datamodule, self.teacher)
+
+    def trainable_parameters(self):
+        return itertools.chain(self.net.parameters(), self.method.parameters())
+
+    # ---- teacher outputs: kdlight.teacher.outputs decides, fills and serves them --------------
+    @property
+    def teacher_store(self):
+        """The teacher store this system is served from, or None (online)."""
+        return self.teacher_outputs.store
+
+    def teacher_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits for this batch's exact inputs: from the store, or online."""
+        return self.teacher_outputs.logits(batch)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        trainer = self.trainer
+        self.teacher_outputs.start_epoch(
+            trainer.datamodule,
+            self.current_epoch,
+            self.device,
+            trainer.max_epochs,
+            trainer.is_global_zero,
+        )
+
+    # ---- steps ---------------------------------------------------------------------------
+    def context(self, batch: dict[str, Any]) -> Context:
+        """Run what the method's plan asks for on ``batch`` and collect it into a :class:`Context`."""
+        batch = as_batch(batch)
+        self.method.check_batch(batch)
+        epoch = self.current_epoch
+        plan = self.method.plan(epoch)
+        labels = batch.get("y")
+        if labels is None and self.method.needs_labels:
+            raise ConfigError(
+                f"distill={type(self.method).__name__} needs labels but the training data is "
+                "unlabeled (data.unlabeled=true); use a method or setting that learns from the "
+                "teacher alone (e.g. distill=kd distill.alpha=1.0)."
+            )
+        x = batch["x"]
+        stop = plan.stop_early
+        if plan.student_layers:
+            s_logits, s_feats = tapped_forward(
+                self.net, x, plan.student_layers, stop, "student layer"
+            )
+        else:
+            s_logits, s_feats = self.net(x), {}
+        t_logits, t_feats = self.teacher_outputs.step(plan, batch, stop)
+        trainer = self._trainer
+        return Context(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            labels=labels,
+            idx=batch.get("idx"),
+            epoch=epoch,
+            step=self.global_step,
+            max_epochs=trainer.max_epochs if trainer is not None else None,
+            student_feats=s_feats,
+            teacher_feats=t_feats,
+            batch=batch,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        ctx = self.context(batch)
+        terms = self.method(ctx)
+        loss = terms["loss"]
+        self.check_finite(loss)
+        if ctx.labels is not None and ctx.student_logits is not None:
+            self.update_train_acc(ctx.student_logits, ctx.labels)
+        self.log_train_terms(terms, ctx.batch["x"].shape[0])
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        batch = as_batch(batch)
+        logits = self._eval_step(batch, "test")
+        if self.log_agreement:
+            with torch.no_grad():
+                teacher_pred = self.teacher(batch["x"]).argmax(dim=1)
+            self.agreement.update(logits, teacher_pred)
+        return logits
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.log_agreement and self.agreement.update_called:
+            self.log("test/agreement", self.agreement)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
