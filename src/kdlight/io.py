@@ -170,11 +170,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def _open_lock_file(path: Path):
     """The lock file, opened without following a link and without blocking; refused unless it
     is a regular file with one name (a planted link or hard link would be truncated by
-    :func:`try_lock`)."""
+    :func:`try_lock`). Another user's lock file in a shared store (mode 0644) is opened
+    read-only: ``flock`` works on any open descriptor."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    mode = "r+"
     try:
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
+    except PermissionError:
+        if os.path.islink(path):
+            refuse_link(path, "the lock file")
+        fd, mode = os.open(path, os.O_RDONLY | flags), "r"
     except OSError as exc:
         if os.path.islink(path):
             refuse_link(path, "the lock file")
@@ -186,7 +192,7 @@ def _open_lock_file(path: Path):
         raise UnsafeFileError(
             f"the lock file {path} is {kind}; kdlight locks only files it created, so remove it."
         )
-    return os.fdopen(fd, "r+")
+    return os.fdopen(fd, mode)
 
 
 @contextlib.contextmanager
@@ -210,9 +216,10 @@ def try_lock(path: str | Path, note: str = "") -> IO | None:
     except BlockingIOError:
         fh.close()
         return None
-    fh.truncate(0)
-    fh.write(note)
-    fh.flush()
+    if fh.writable():  # a lock file of another user's stays as it is
+        fh.truncate(0)
+        fh.write(note)
+        fh.flush()
     return fh
 
 

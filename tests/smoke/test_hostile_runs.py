@@ -97,11 +97,8 @@ def test_a_broken_last_checkpoint_points_to_the_intact_best(finished, tmp_path):
     before = _snapshot(copy)
     res = run_cli(cli_args(copy, tmp / "store", *KD, "ckpt_path=last"), tmp_path, env)
     _refused(res, "last.ckpt", f"intact checkpoints ({best.name})", f"ckpt_path={best}")
-    # Hydra rewrites .hydra/ of every resumed folder before kdlight runs (reported to the lead)
-    after = _snapshot(copy)
-    assert {p: v for p, v in after.items() if ".hydra" not in p.parts} == {
-        p: v for p, v in before.items() if ".hydra" not in p.parts
-    }
+    # refused before Hydra writes the job's .hydra/ files: nothing of the run changes
+    assert _snapshot(copy) == before
 
 
 def test_analyze_refuses_an_alias_bomb_and_a_planted_output_link(finished, tmp_path):

@@ -363,3 +363,26 @@ def test_a_resume_with_other_hparams_names_the_keys(tmp_path):
     ):
         check_same_hparams(cfg, previous, tmp_path)
     check_same_hparams(cfg, {**hparams_of(cfg), "max_epochs": 99}, tmp_path)  # more epochs: fine
+
+
+def test_another_users_lock_file_is_locked_read_only(tmp_path, monkeypatch):
+    # root ignores file modes, so the 0644 lock file of another user is simulated: opening it
+    # for writing is refused, as it would be for anyone else
+    from kdlight import io as kio
+
+    lock = tmp_path / "view_0.lock"
+    lock.write_text("pid 7")
+    real_open = os.open
+
+    def no_write(path, flags, *args):
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(kio.os, "open", no_write)
+    with kio.file_lock(lock):
+        pass
+    held = kio.try_lock(lock, "pid 9")
+    assert held is not None and not held.writable()
+    held.close()
+    assert lock.read_text() == "pid 7"  # another user's note stays

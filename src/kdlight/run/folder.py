@@ -150,22 +150,25 @@ def _claim_run_folder(config, key: str) -> None:
 
 
 def _refuse_other_hparams(config, folder: Path) -> None:
-    """A resume with other hyper-parameters than the run's record: refused here, before Hydra
-    rewrites the folder's ``.hydra/config.yaml`` with them (exit 2, one sentence)."""
+    """A resume the run would refuse (other hyper-parameters than the run's record, a checkpoint
+    of another experiment or architecture, or an unreadable one): refused here, before Hydra
+    rewrites the folder's ``.hydra/`` files with the new config (exit 2, one sentence)."""
     from kdlight.errors import KdlightError
-    from kdlight.run.resume import check_same_hparams
+    from kdlight.run.resume import check_resume, check_same_hparams
 
     try:
         record = read_record(folder)
     except DataError:
-        return
-    if record is None:
-        return
+        record = None
     try:
-        check_same_hparams(config, record.hparams, folder)
+        if record is not None:
+            check_same_hparams(config, record.hparams, folder)
+        check_resume(config, folder)
     except KdlightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception:  # noqa: BLE001 - not resolvable before the job starts: the run checks it
+        return
 
 
 def _refuse_finished_sweep(config) -> None:

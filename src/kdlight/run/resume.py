@@ -18,7 +18,8 @@ from kdlight.run.record import read_record
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key, default=None)
+    # before the job starts (the run-folder check) ${hydra:runtime...} does not resolve yet
+    return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
 
 
 def check_resume(cfg: DictConfig, out: Path) -> None:
