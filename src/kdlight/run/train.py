@@ -168,15 +168,18 @@ def copy_teacher_curves(source: str | None, log_dir: Path) -> None:
     """
     import shutil
 
-    if not isinstance(source, str) or not source:
-        return  # none, or an ensemble's list of members
+    from kdlight.run.teacher import TEACHER_FILE
+
+    if not isinstance(source, str) or Path(source).name != TEACHER_FILE:
+        return  # none, an ensemble's list of members, or the user's own file: not the store's
     events = sorted((Path(source).parent / "tb").glob("events.out.tfevents.*"))
+    events = [f for f in events if not f.is_symlink() and f.is_file()]  # the store's own files
     if not events:
         return
     target = log_dir / "teacher"
     target.mkdir(parents=True, exist_ok=True)
     for f in events:
-        shutil.copy2(f, target / f.name)
+        shutil.copyfile(f, target / f.name)
 
 
 def objective(record: dict[str, Any]) -> float | None:
