@@ -146,23 +146,18 @@ def _claim_run_folder(config, key: str) -> None:
         )
         sys.exit(2)
     if found and resume:
-        _refuse_other_hparams(config, folder)
+        _refuse_bad_resume(config, folder)
 
 
-def _refuse_other_hparams(config, folder: Path) -> None:
-    """A resume the run would refuse (other hyper-parameters than the run's record, a checkpoint
-    of another experiment or architecture, or an unreadable one): refused here, before Hydra
-    rewrites the folder's ``.hydra/`` files with the new config (exit 2, one sentence)."""
+def _refuse_bad_resume(config, folder: Path) -> None:
+    """A resume the run would refuse (:func:`kdlight.run.resume.check_resume`: other
+    hyper-parameters than the run's record, a checkpoint of another experiment or architecture,
+    an unreadable one) is refused here, before Hydra rewrites the folder's ``.hydra/`` files
+    with the new config (exit 2, one sentence)."""
     from kdlight.errors import KdlightError
-    from kdlight.run.resume import check_resume, check_same_hparams
+    from kdlight.run.resume import check_resume
 
     try:
-        record = read_record(folder)
-    except DataError:
-        record = None
-    try:
-        if record is not None:
-            check_same_hparams(config, record.hparams, folder)
         check_resume(config, folder)
     except KdlightError as exc:
         print(f"error: {exc}", file=sys.stderr)
