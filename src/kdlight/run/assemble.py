@@ -40,26 +40,22 @@ EXTERNAL_MODELS = (
 )
 
 
-def fill_from_data(cfg: DictConfig, datamodule) -> bool:
-    """Put what the data module knows into the config's open slots; whether any was filled.
+def fill_from_data(cfg: DictConfig, datamodule) -> None:
+    """Put what the data module knows into the config's open slots.
 
     ``data.num_classes: null`` (``data=image_folder``): the counted class folders, which the
     networks' ``${data.num_classes}`` then see. ``in_chans: null`` of a torchvision/timm
     network: the data's channels (1 for grey-scale data). The run saves the filled config as
     its ``.hydra/config.yaml``, so a run opened later builds the same networks.
     """
-    filled = False
     with open_dict(cfg):
         if "num_classes" in cfg.data and cfg.data.num_classes is None:
             cfg.data.num_classes = int(datamodule.num_classes)
-            filled = True
         for role in ("teacher", "student"):
             node = cfg.get(role)
             if node is not None and node.get("_target_") in EXTERNAL_MODELS:
                 if node.get("in_chans") is None:
                     node.in_chans = int(datamodule.channels)
-                    filled = True
-    return filled
 
 
 def assemble(cfg: DictConfig, method=None) -> Assembly:
