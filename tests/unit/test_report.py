@@ -342,3 +342,53 @@ def test_wall_time_per_configuration_and_store_served_apart_from_online(tmp_path
     assert "wall time per run (min)" in text
     # minutes, as the table shows them (the served row has the best val acc: bold)
     assert "| **6.0 ± 1.4** |" in text and "| 9.0 |" in text
+
+
+def _comparison(root: Path) -> None:
+    """The student alone (seeds 0.60, 0.62), KD (0.70, 0.72), KD + LS (0.66) and DKD (0.65)."""
+    for seed, best in ((1, 0.60), (2, 0.62)):
+        write_run(root, f"alone-{seed}", {**BASE, "method": "none", "seed": seed}, acc(best))
+    for seed, best in ((1, 0.70), (2, 0.72)):
+        hp = {**KD, "logit_standardization": False, "seed": seed}
+        write_run(root, f"kd-{seed}", hp, acc(best))
+    write_run(root, "ls", {**KD, "logit_standardization": True, "seed": 1}, acc(0.66))
+    write_run(root, "dkd", {**KD, "method": "dkd", "beta": 8.0, "seed": 1}, acc(0.65))
+
+
+def test_deltas_against_the_student_alone_and_a_selected_row(tmp_path):
+    root = tmp_path / "runs"
+    _comparison(root)
+    rep = build_report(root, versus=["method=kd,logit_standardization=false"])
+    assert [label for label, _ in rep.references] == [
+        "alone",
+        "method=kd,logit_standardization=false",
+    ]
+    rows = read_csv(root / "results.csv")
+    by = {(r["method"], r["logit_standardization"]): r for r in rows}
+    # hand-computed: means alone 0.61, kd 0.71; ls 0.66 - 0.61 = +0.05, 0.66 - 0.71 = -0.05
+    ls = by[("kd", "true")]
+    assert float(ls["delta_vs_alone"]) == pytest.approx(0.05)
+    assert float(ls["delta_vs_method=kd,logit_standardization=false"]) == pytest.approx(-0.05)
+    assert float(by[("dkd", "")]["delta_vs_alone"]) == pytest.approx(0.04)
+    assert float(by[("none", "")]["delta_vs_alone"]) == 0.0
+    text = (root / "report.md").read_text()
+    assert "Δ vs alone" in text and "| +5.00 | -5.00 |" in text
+
+
+def test_a_versus_selector_must_match_one_row(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _comparison(root)
+    with pytest.raises(KdlightError, match=r"--versus method=kd matches 2 configurations"):
+        build_report(root, tmp_path / "out", versus=["method=kd"])
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(root), "--versus", "method"])
+    assert exit_info.value.code == 2
+    assert "--versus method is not a selector" in capsys.readouterr().err
+
+
+def test_no_delta_columns_without_a_student_alone_row(tmp_path):
+    write_run(tmp_path, "a", {**KD, "seed": 1}, acc(0.7))
+    rep = build_report(tmp_path)
+    assert rep.references == []
+    assert "delta_vs" not in (tmp_path / "results.csv").read_text()

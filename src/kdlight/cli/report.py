@@ -31,6 +31,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="the swept hparams to plot, Y,X (e.g. alpha,beta); default: the method's swept ones",
     )
+    parser.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="add a delta column against the one configuration matching these hparams "
+        "(e.g. method=kd); repeatable. The student alone (method=none) gets one by itself",
+    )
     return parser.parse_args(argv)
 
 
@@ -44,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "and the figures."
         )
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
-    report = build_report(args.dir, args.out, axes)
+    report = build_report(args.dir, args.out, axes, args.versus)
     statuses = {s: len(report.by_status(s)) for s in (FINISHED, FAILED)}
     print(
         f"{len(report.runs)} runs ({statuses[FINISHED]} finished, {statuses[FAILED]} failed), "

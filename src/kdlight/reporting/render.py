@@ -18,6 +18,7 @@ from kdlight.reporting.table import (
     WALL,
     Report,
     Row,
+    delta,
     teachers_of,
     varying_keys,
 )
@@ -29,6 +30,7 @@ def write_csv(report: Report, path: Path) -> None:
     header = [*report.columns, "n_seeds", "seeds"]
     for key in STAT_KEYS:
         header += [f"{key}_mean", f"{key}_std"]
+    header += [f"delta_vs_{label}" for label, _ in report.references]
     buf = io.StringIO(newline="")
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -38,6 +40,7 @@ def write_csv(report: Report, path: Path) -> None:
         for key in STAT_KEYS:
             st = row.stats[key]
             line += [csv_value(st.mean), csv_value(st.std)]
+        line += [csv_value(delta(row, ref)) for _, ref in report.references]
         writer.writerow(line)
     atomic_write_text(path, buf.getvalue())  # never through a link planted at ``path``
 
@@ -74,20 +77,26 @@ def render_markdown(report: Report) -> str:
                 "The **bold** row has the best mean validation accuracy (selection on validation, never test)."
                 if best is not None
                 else ""
+            )
+            + (
+                " *Δ vs X*: the row's mean test acc (val-best ckpt) minus row X's, in points."
+                if report.references
+                else ""
             ),
             "",
         ]
         header = [SHORT.get(c, c) for c in report.columns] + ["n_seeds"] + [t for _, t in METRICS]
+        header += [f"Δ vs {label}" for label, _ in report.references]
         header.append("wall time per run (min)")
         lines.append("| " + " | ".join(header) + " |")
-        lines.append(
-            "|" + "|".join(["---"] * len(report.columns) + ["---:"] * (2 + len(METRICS))) + "|"
-        )
+        numeric = 2 + len(METRICS) + len(report.references)
+        lines.append("|" + "|".join(["---"] * len(report.columns) + ["---:"] * numeric) + "|")
         for row in report.rows:
             cells = [md_cell(fmt(row.hparams.get(c))) for c in report.columns] + [
                 str(len(row.runs))
             ]
             cells += [pct(row.stats[key]) for key, _ in METRICS]
+            cells += [_points(delta(row, ref)) for _, ref in report.references]
             cells.append(minutes(row.stats[WALL]))
             if row is best:
                 cells = [f"**{c}**" if c else c for c in cells]
@@ -153,6 +162,11 @@ def render_markdown(report: Report) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _points(value: float | None) -> str:
+    """A delta (a fraction) in signed percentage points, 2 decimals; blank when missing."""
+    return "" if value is None else f"{100 * value:+.2f}"
 
 
 def _best_row(rows: Sequence[Row]) -> Row | None:

@@ -12,6 +12,10 @@ Written into OUT (default: DIR):
   ``n_seeds``, ``seeds``, then ``<metric>_mean`` / ``<metric>_std`` as fractions in [0, 1]
   (the units of the run records), then ``wall_s_mean`` / ``wall_s_std`` (seconds per run); the
   std is blank when a configuration has one seed;
+- delta columns (``delta_vs_<label>`` in the CSV as fractions, ``Δ vs <label>`` in points in
+  report.md): each row's mean test accuracy (val-best) minus that of the student alone (the one
+  ``method=none`` configuration, when there is one) and of each ``versus`` selector's row
+  (``key=value[,key=value]``, e.g. ``method=kd``);
 - ``report.md``: the same table in percent (2 decimals, ``mean ± std``), the settings every
   run shares, the figures, and the runs that failed (with their error) or have no final
   metrics (still running, killed, or crashed before training) in sections of their own, and
@@ -39,6 +43,7 @@ from kdlight.reporting.table import (
     Report,
     group_runs,
     order_keys,
+    references,
     same_value,
     sort_rows,
     varying_keys,
@@ -50,6 +55,7 @@ def build_report(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
     axes: Sequence[str] | None = None,
+    versus: Sequence[str] = (),
 ) -> Report:
     """Find the runs under ``root``, write ``results.csv``, ``report.md`` and the figures into ``out``.
 
@@ -67,7 +73,6 @@ def build_report(
             f"no runs found under {root}: no folder in it holds a {METRICS_FILE} or .hydra/config.yaml."
         )
     out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
     runs = [read_run(d) for d in dirs]
     finished = [r for r in runs if r.status == FINISHED]
     rows = group_runs(finished)
@@ -79,8 +84,10 @@ def build_report(
         for k in order_keys(shared)
         if all(same_value(r.hparams.get(k), shared[k]) for r in rows)
     }
+    refs = references(rows, versus)  # a bad selector fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(rows, out, axes)
-    report = Report(root, out, runs, rows, columns, shared, figures)
+    report = Report(root, out, runs, rows, columns, shared, figures, refs)
     write_csv(report, out / "results.csv")
     atomic_write_text(out / "report.md", render_markdown(report))
     return report

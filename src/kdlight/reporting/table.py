@@ -6,10 +6,13 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from kdlight.errors import KdlightError
 from kdlight.reporting.collect import Run
 
 #: (run record key, column title in report.md)
@@ -82,6 +85,7 @@ class Report:
     columns: list[str]
     shared: dict[str, Any]
     figures: list[Path]
+    references: list[tuple[str, Row]] = field(default_factory=list)
 
     def by_status(self, *statuses: str) -> list[Run]:
         return [r for r in self.runs if r.status in statuses]
@@ -140,6 +144,62 @@ def sort_rows(rows: list[Row], columns: Sequence[str]) -> list[Row]:
             *(_sortable(r.hparams.get(c)) for c in columns),
         ),
     )
+
+
+#: The metric the delta columns compare (test accuracy of the validation-best checkpoint).
+DELTA_KEY = "test/acc_best"
+
+
+def delta(row: Row, reference: Row, key: str = DELTA_KEY) -> float | None:
+    """``row``'s mean of ``key`` minus ``reference``'s (a fraction), or None when either is missing."""
+    a, b = row.stats[key].mean, reference.stats[key].mean
+    return None if a is None or b is None else a - b
+
+
+def references(rows: Sequence[Row], selectors: Sequence[str] = ()) -> list[tuple[str, Row]]:
+    """The rows the delta columns compare against, each with its column label.
+
+    First the student alone (the one row whose method is ``none``), when there is exactly one;
+    then one row per selector ``key=value[,key=value...]`` (e.g. ``method=kd`` or
+    ``method=kd,logit_standardization=false``), which must match exactly one row.
+    """
+    out: list[tuple[str, Row]] = []
+    alone = [r for r in rows if r.hparams.get("method") == "none"]
+    if len(alone) == 1:
+        out.append(("alone", alone[0]))
+    for text in selectors:
+        wanted = _parse_selector(text)
+        found = [
+            r
+            for r in rows
+            if all(same_value(r.hparams.get(k, Absent), v) for k, v in wanted.items())
+        ]
+        if len(found) != 1:
+            raise KdlightError(
+                f"--versus {text} matches {len(found)} configurations of the report; it must match "
+                "exactly one (add key=value pairs, e.g. method=kd,logit_standardization=false)."
+            )
+        out.append((text, found[0]))
+    return out
+
+
+def _parse_selector(text: str) -> dict[str, Any]:
+    pairs = [p for p in str(text).split(",") if p.strip()]
+    wanted = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise KdlightError(
+                f"--versus {text} is not a selector; give key=value pairs separated by commas, "
+                "e.g. method=kd or method=kd,logit_standardization=false."
+            )
+        try:
+            wanted[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            wanted[key.strip()] = value
+    if not wanted:
+        raise KdlightError(f"--versus {text!r} is empty; give key=value pairs, e.g. method=kd.")
+    return wanted
 
 
 @dataclass

@@ -24,20 +24,19 @@ from typing import Any
 from torch import nn
 
 from kdlight.errors import ConfigError
+from kdlight.methods.data_free.reconstruction import Reconstruction
 from kdlight.methods.data_free.transfer import TransferSetDataModule
 from kdlight.methods.kd import DEFAULT_TEMPERATURE, KD
 
-__all__ = ["DataFree", "TransferSetDataModule"]
+__all__ = ["DataFree", "Reconstruction", "TransferSetDataModule"]
 
 
 class DataFree(KD):
     """Data-free KD; see the module docstring. ``temperature``/``reduction`` are the KD term's.
 
-    The remaining arguments configure the transfer set (see
-    :func:`kdlight.methods.data_free.reconstruction.reconstruct`): ``layers`` to record (``named_modules()``
-    names; None: every Linear but the last), ``class_balanced``, ``num_samples``,
-    ``batch_size`` (samples reconstructed at once), Adam ``steps`` and ``lr`` on the inputs,
-    ``init_std`` of the initial noise, ``clamp`` to the image of pixel values [0, 1], ``seed``.
+    ``layers``: the teacher layers whose statistics are recorded (``named_modules()`` names;
+    None: every Linear but the last); the remaining arguments are the transfer set's
+    :class:`~kdlight.methods.data_free.reconstruction.Reconstruction` settings.
     """
 
     uses_store = False
@@ -75,14 +74,9 @@ class DataFree(KD):
         self.transfer_args = {
             "store_dir": store_dir,
             "layers": None if layers is None else [str(n) for n in layers],
-            "class_balanced": class_balanced,
-            "num_samples": num_samples,
-            "batch_size": batch_size,
-            "steps": steps,
-            "lr": lr,
-            "init_std": init_std,
-            "clamp": clamp,
-            "seed": seed,
+            "settings": Reconstruction(
+                num_samples, batch_size, steps, lr, class_balanced, init_std, clamp, seed
+            ),
         }
 
     def fit_datamodule(self, datamodule, teacher: nn.Module) -> TransferSetDataModule:

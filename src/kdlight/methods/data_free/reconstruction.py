@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,37 @@ log = logging.getLogger(__name__)
 
 LOGITS = "logits"
 STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How a transfer set is reconstructed (see :func:`reconstruct`): the one list of these settings.
+
+    ``num_samples`` inputs, ``batch_size`` reconstructed at once, ``steps`` Adam steps of ``lr``
+    on the inputs, ``class_balanced`` targets, ``init_std`` of the initial noise, ``clamp`` to the
+    normalised image of pixel values [0, 1], ``seed``. Values are coerced and checked on creation.
+    """
+
+    num_samples: int = 20000
+    batch_size: int = 1000
+    steps: int = 50
+    lr: float = 0.1
+    class_balanced: bool = True
+    init_std: float = 1.0
+    clamp: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, kind in (("num_samples", int), ("batch_size", int), ("steps", int),
+                           ("lr", float), ("class_balanced", bool), ("init_std", float),
+                           ("clamp", bool), ("seed", int)):  # fmt: skip
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.num_samples <= 0 or self.batch_size <= 0 or self.steps < 0:
+            raise ConfigError(
+                f"distill: num_samples={self.num_samples}, batch_size={self.batch_size}, "
+                f"steps={self.steps} are invalid; num_samples and batch_size must be > 0 and "
+                "steps >= 0."
+            )
 
 
 def activation_matching_loss(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdlight.data.modules.array import _Indices
-from kdlight.errors import ConfigError
 from kdlight.io import cached, key_hash
 from kdlight.methods.data_free.reconstruction import (
     STATS_VERSION,
+    Reconstruction,
     reconstruct,
     record_statistics,
     resolve_layers,
@@ -38,7 +39,7 @@ class TransferSetDataModule(L.LightningDataModule):
     device. Training batches are ``{"idx", "x", "teacher_logits", "split": "transfer"}``: no
     real image and no label ever reaches them; ``real.train_dataloader`` is never called.
     Under ``fast_dev_run`` only one student batch is reconstructed, with at most 2 steps, and
-    it is not stored.
+    it is not stored. ``settings``: how the set is reconstructed (:class:`Reconstruction`).
     """
 
     def __init__(
@@ -47,39 +48,14 @@ class TransferSetDataModule(L.LightningDataModule):
         teacher: nn.Module,
         store_dir: str | Path,
         layers: list[str] | None = None,
-        class_balanced: bool = True,
-        num_samples: int = 20000,
-        batch_size: int = 1000,
-        steps: int = 50,
-        lr: float = 0.1,
-        init_std: float = 1.0,
-        clamp: bool = True,
-        seed: int = 0,
+        settings: Reconstruction | None = None,
     ) -> None:
         super().__init__()
         self.real = real
         self.teacher = teacher
         self.store_dir = Path(to_absolute_path(str(store_dir)))  # as the teacher store does
         self.layers = resolve_layers(teacher, None if layers is None else list(layers))
-        self.recon = {
-            "num_samples": int(num_samples),
-            "batch_size": int(batch_size),
-            "steps": int(steps),
-            "lr": float(lr),
-            "class_balanced": bool(class_balanced),
-            "init_std": float(init_std),
-            "clamp": bool(clamp),
-            "seed": int(seed),
-        }
-        if (
-            self.recon["num_samples"] <= 0
-            or self.recon["batch_size"] <= 0
-            or self.recon["steps"] < 0
-        ):
-            raise ConfigError(
-                f"distill: num_samples={num_samples}, batch_size={batch_size}, steps={steps} "
-                "are invalid; num_samples and batch_size must be > 0 and steps >= 0."
-            )
+        self.recon = asdict(settings if settings is not None else Reconstruction())
         self.stats: dict[str, Any] | None = None
         self.transfer: dict[str, torch.Tensor] | None = None
         self.stats_path: Path | None = None
