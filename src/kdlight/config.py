@@ -40,7 +40,7 @@ def method_from_name(name: str, **hparams: Any):
         raise ConfigError(
             f"method={name!r} is not a kdlight method; valid names are {', '.join(names)}."
         )
-    node = OmegaConf.load(group / f"{name}.yaml")
+    node = _load_with_defaults(group, name)
     unknown = sorted(set(hparams) - set(node.keys()))
     if unknown:
         valid = ", ".join(k for k in node if k != "_target_")
@@ -48,6 +48,26 @@ def method_from_name(name: str, **hparams: Any):
             f"method={name!r} has no setting {unknown[0]!r}; its settings are {valid}."
         )
     return instantiate_method(OmegaConf.merge(node, hparams))
+
+
+def _load_with_defaults(group: Path, name: str, seen: tuple[str, ...] = ()):
+    """``group/<name>.yaml`` with its ``defaults`` list (other files of the group) merged in as
+    Hydra composes it: each default in order, then the file itself where ``_self_`` stands
+    (last when it is not listed)."""
+    if name in seen:
+        raise ValueError(f"{group}/{name}.yaml: its defaults list includes itself")
+    node = OmegaConf.load(group / f"{name}.yaml")
+    defaults = node.pop("defaults", None) if "defaults" in node else None
+    if not defaults:
+        return node
+    entries = [str(d) for d in defaults]
+    if "_self_" not in entries:
+        entries.append("_self_")
+    merged = OmegaConf.create({})
+    for entry in entries:
+        part = node if entry == "_self_" else _load_with_defaults(group, entry, (*seen, name))
+        merged = OmegaConf.merge(merged, part)
+    return merged
 
 
 __all__ = ["CONFIG_DIR", "compose", "method_from_name"]

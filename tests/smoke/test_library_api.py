@@ -94,7 +94,7 @@ def test_a_method_with_per_sample_state_needs_a_kdlight_data_module():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "kdd"}, "method='kdd' is not a kdlight method; valid names are at, cc,"),
+        ({"method": "kdd"}, "method='kdd' is not a kdlight method; valid names are ab, at, cc,"),
         (
             {"method": "kd", "alpah": 0.5},
             "method='kd' has no setting 'alpah'; its settings are alpha,",

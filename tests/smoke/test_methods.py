@@ -16,6 +16,8 @@ from tests.smoke import recorder
 #: on spatial maps run the CPU CIFAR experiment (ResNet-20 teacher, 5-layer CNN student).
 CNN = "+experiment=cifar_cnn_kd_5pct_cpu"
 MLP = "+experiment=fmnist_mlp_kd"
+VIT_S = ("student.embed_dim=32", "student.depth=2")  # the smallest ViT students
+VIT_T = ("teacher.embed_dim=48", "teacher.depth=2")
 SETUP = {
     "data_free": (MLP, "distill.alpha=1.0"),  # its transfer set has no labels
     "at": (CNN,),
@@ -23,6 +25,17 @@ SETUP = {
     "vid": (CNN,),
     "reviewkd": (CNN,),
     "crd": (MLP, "distill.nce_k=64"),  # a tiny bank: the tiny training set has ~250 rows
+    "ab": (CNN,),
+    "ft": (CNN,),
+    "ofd": (CNN,),
+    "fsp": (CNN, "model@student=resnet8"),  # FSP matrices need equal channels: ResNet-8 vs -20
+    "kdsvd": (CNN, "model@student=resnet8"),  # equal channels, as FSP
+    "sdd": (CNN, "model@student=resnet8"),  # its classifier must read the pooled last map
+    "simkd": (CNN,),  # the projector on the final feature maps (an MLP's flat ones run too)
+    # ViT methods (tests/unit/test_methods3_vit.py): width-32, depth-2 ViTs keep them fast
+    "deit": ("+experiment=cifar_resnet20_vit_kd_cpu", *VIT_S),
+    "ofa": ("+experiment=cifar_resnet20_vit_kd_cpu", *VIT_S),
+    "vitkd": ("+experiment=cifar_vit_kd_cpu", *VIT_S, *VIT_T),
 }
 
 
@@ -97,6 +110,12 @@ FORMS = {
     "at": "attention_p2_",
     **dict.fromkeys(("pkt", "rkd", "cc", "crd"), "embedding"),
     **dict.fromkeys(("fitnets", "nst", "sp", "vid", "reviewkd"), "raw"),
+    **dict.fromkeys(("ab", "fsp", "ft", "ofd"), "raw"),
+    "kdsvd": "svd_k1",
+    "vitkd": "patch_tokens_skip1",
+    "kdpp": "embedding",
+    "sdd": "sdd_logits_1_2_4",
+    "simkd": "raw",  # the teacher's final map
 }
 
 

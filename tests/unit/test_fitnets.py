@@ -309,3 +309,22 @@ def test_one_stage_has_no_hint_stage_and_forms_are_named():
     assert method.plan(0).teacher_logits  # alpha 0.9: RepDistiller's FitNet + KD reads logits
     with pytest.raises(ConfigError, match="form='three_stage'"):
         FitNets(form="three_stage")
+
+
+def test_a_first_stage_as_long_as_training_is_warned_once(caplog):
+    """hint_epochs >= max_epochs: the KD stage never runs, said once (not every step)."""
+    from kdlight.methods.base import Context
+    from kdlight.methods.features import warn_if_first_stage_covers_training
+
+    method = FitNets(hint_epochs=5)
+    ctx = Context(None, None, None, torch.arange(2), max_epochs=5)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            warn_if_first_stage_covers_training(method, ctx, "hint_epochs", 5, "the classifier")
+    assert [r.getMessage() for r in caplog.records] == [
+        "FitNets: hint_epochs=5 >= max_epochs=5, so the classifier is never trained."
+    ]
+    later = FitNets(hint_epochs=4)
+    with caplog.at_level("WARNING"):
+        warn_if_first_stage_covers_training(later, ctx, "hint_epochs", 4, "the classifier")
+    assert len(caplog.records) == 1  # 4 < 5: the KD stage runs

@@ -27,7 +27,7 @@ from torch import nn
 from kdlight.checkpoints import load_weights
 from kdlight.config import CONFIG_DIR
 from kdlight.errors import CheckpointError, ConfigError
-from kdlight.run.read import Run, find_run
+from kdlight.run.read import Run, build_method, deployed_network, find_run
 from kdlight.run.record import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ def plan_from_run(
         )
     net = run.build("student")
     meta = load_weights(net, ckpt)
+    method = build_method(cfg.get("distill"), str(run.config_path))
+    net = deployed_network(method, net, ckpt)  # the student as its method predicts
     source = {"weights": str(ckpt.resolve()), "format": meta.get("format")}
     source.update({k: meta[k] for k in ("epoch", "global_step") if k in meta})
     student = Network("student", display_name(cfg.student), net.eval(), source)
@@ -172,7 +174,7 @@ def plan_from_run(
         plan.accuracy["student"] = float(metrics["test/acc_last"])
     elif best and Path(best).name == ckpt.name and "test/acc_best" in metrics:
         plan.accuracy["student"] = float(metrics["test/acc_best"])
-    if with_teacher and run.is_distillation:
+    if with_teacher and run.is_distillation and getattr(method, "needs_teacher", True):
         plan.teacher = _run_teacher(run, plan.notes)
         if plan.teacher is not None and "teacher/test_acc" in metrics:
             plan.accuracy["teacher"] = float(metrics["teacher/test_acc"])

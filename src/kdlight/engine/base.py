@@ -123,7 +123,11 @@ class EvalModule(L.LightningModule):
             self.net = torch.compile(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.eval_net()(x)
+
+    def eval_net(self) -> nn.Module:
+        """The network validation and test run (and :meth:`forward`): ``self.net`` here."""
+        return self.net
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop training with a clear message at the first non-finite loss."""
@@ -199,7 +203,7 @@ class EvalModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         acc, mean_loss = self._eval_metrics(stage)
         batch = as_batch(batch)
-        logits = self.net(batch["x"])
+        logits = self.eval_net()(batch["x"])
         y = batch["y"]
         loss = F.cross_entropy(logits.float(), y)
         # updates only: a metric's forward() also computes a batch value nobody reads, and each
@@ -246,6 +250,12 @@ class EvalModule(L.LightningModule):
 
         optimizer.step(closure=optimizer_closure)
 
+    def build_optimizer(self, params: list[torch.Tensor], clips: bool) -> torch.optim.Optimizer:
+        """``module.optimizer`` over ``params`` (its fused kernel where it can run)."""
+        return make_optimizer(
+            self.optimizer_factory, params, self.fused_optimizer, clips_scaled_gradients=clips
+        )
+
     def configure_optimizers(self):
         trainer = self._trainer
         clips = (
@@ -253,11 +263,8 @@ class EvalModule(L.LightningModule):
             and bool(trainer.gradient_clip_val)
             and str(trainer.precision).startswith("16")
         )
-        optimizer = make_optimizer(
-            self.optimizer_factory,
-            [p for p in self.trainable_parameters() if p.requires_grad],
-            self.fused_optimizer,
-            clips_scaled_gradients=clips,
+        optimizer = self.build_optimizer(
+            [p for p in self.trainable_parameters() if p.requires_grad], clips
         )
         if self.scheduler_factory is None:
             return optimizer

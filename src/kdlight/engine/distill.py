@@ -10,6 +10,7 @@ method="kd", alpha=0.9)``).
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from kdlight.errors import ConfigError
 from kdlight.methods.base import Context, Method
 from kdlight.methods.taps import plain, tapped_forward
 from kdlight.teacher.outputs import TeacherOutputs
+
+log = logging.getLogger("kdlight.engine")
 
 
 class DistillationModule(EvalModule):
@@ -36,12 +39,17 @@ class DistillationModule(EvalModule):
     The method's own parameters are in the optimizer and, with its buffers, in checkpoints.
     Logs ``train/<term>`` for every term the method returns, ``train/acc`` and
     ``test/agreement`` (top-1 agreement of student and teacher on the test set).
+
+    A teacher-free method (``method.needs_teacher`` False) takes ``teacher=None`` (a teacher
+    given anyway is ignored, with a warning). Validation and test run ``method.deployed(student)``
+    where the method returns one (:meth:`eval_net`); a method's own optimizer and separated
+    gradients (:meth:`Method.optimizer`, :meth:`Method.separate_gradients`) are wired here.
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         method: Method | str = "kd",
         num_classes: int | None = None,
         optimizer=DEFAULT_OPTIMIZER,
@@ -69,14 +77,28 @@ class DistillationModule(EvalModule):
                 f"distill._target_ builds a {type(method).__name__}, which is not a kdlight method "
                 "(a subclass of kdlight.methods.base.Method)."
             )
+        if not method.needs_teacher:
+            if teacher is not None:
+                log.warning(
+                    "distill=%s learns without a teacher: the teacher given is ignored (none is "
+                    "built, loaded, trained or stored)",
+                    type(method).__name__.lower(),
+                )
+            teacher, teacher_store = None, None
+        elif teacher is None:
+            raise ConfigError(
+                f"method {type(method).__name__} distills from a teacher but teacher=None; give "
+                "the teacher network (only teacher-free methods such as method='tfkd' take None)."
+            )
         self.net = student
         self.teacher = teacher
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        if teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
         self.method = method
         # the one source of this system's teacher logits and forms (store / online / carried)
         self.teacher_outputs = TeacherOutputs(teacher, method, teacher_store)
-        self.log_agreement = bool(log_agreement)
+        self.log_agreement = bool(log_agreement) and teacher is not None
         self.agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.num_classes = int(num_classes)
         self.example_input = example_input
@@ -100,7 +122,8 @@ class DistillationModule(EvalModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
 
     # ---- the method's own layers ---------------------------------------------------------
@@ -113,8 +136,12 @@ class DistillationModule(EvalModule):
         student.eval()
         try:
             s_layers, t_layers = self.method.student_layers, self.method.teacher_layers
-            _, s_feats = tapped_forward(student, example, s_layers, True, "student layer")
-            _, t_feats = tapped_forward(self.teacher, example, t_layers, True, "teacher layer")
+            # whole forwards (one example batch): a module called twice (a block's shared ReLU)
+            # is seen at its last call, as during training steps that do not stop early
+            _, s_feats = tapped_forward(student, example, s_layers, False, "student layer")
+            t_feats = {}
+            if self.teacher is not None:
+                _, t_feats = tapped_forward(self.teacher, example, t_layers, False, "teacher layer")
         finally:
             student.train(was)
         self.method.build(s_feats, t_feats, self.num_classes)
@@ -170,6 +197,15 @@ class DistillationModule(EvalModule):
     def trainable_parameters(self):
         return itertools.chain(self.net.parameters(), self.method.parameters())
 
+    def eval_net(self) -> nn.Module:
+        """The network validation and test run: the method's :meth:`~Method.deployed` one, else the student."""
+        deployed = self.method.deployed(self.net) if self._built else None
+        return self.net if deployed is None else deployed
+
+    def build_optimizer(self, params: list[torch.Tensor], clips: bool) -> torch.optim.Optimizer:
+        own = self.method.optimizer(self.optimizer_factory, params)
+        return super().build_optimizer(params, clips) if own is None else own
+
     # ---- teacher outputs: kdlight.teacher.outputs decides, fills and serves them --------------
     @property
     def teacher_store(self):
@@ -213,7 +249,10 @@ class DistillationModule(EvalModule):
             )
         else:
             s_logits, s_feats = self.net(x), {}
-        t_logits, t_feats = self.teacher_outputs.step(plan, batch, stop)
+        if self.teacher is None:  # a teacher-free method
+            t_logits, t_feats = None, {}
+        else:
+            t_logits, t_feats = self.teacher_outputs.step(plan, batch, stop)
         trainer = self._trainer
         return Context(
             student_logits=s_logits,
@@ -236,12 +275,48 @@ class DistillationModule(EvalModule):
         if ctx.labels is not None and ctx.student_logits is not None:
             self.update_train_acc(ctx.student_logits, ctx.labels)
         self.log_train_terms(terms, ctx.batch["x"].shape[0])
-        return loss
+        parts = self.method.separate_gradients(terms)
+        return loss if parts is None else self.hand_over_distill_gradient(*parts)
+
+    def hand_over_distill_gradient(self, task: torch.Tensor, distill: torch.Tensor) -> torch.Tensor:
+        """Give the optimizer the distillation loss's gradient; return the task loss to back-propagate.
+
+        The gradient is scaled as Lightning scales the task loss (the mixed-precision loss
+        scale, divided by ``accumulate_grad_batches``); the optimizer unscales it (see
+        :meth:`Method.separate_gradients`).
+        """
+        trainer = self.trainer
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        name = type(self.method).__name__
+        if not hasattr(optimizer, "add_distill_gradients"):
+            raise ConfigError(
+                f"method {name} separates its gradients but its optimizer "
+                f"{type(optimizer).__name__} cannot take them (no add_distill_gradients)."
+            )
+        if trainer.world_size > 1:
+            raise ConfigError(
+                f"distill={name.lower()} updates with separately computed gradients, which "
+                f"distributed training does not average; train it in one process "
+                f"(trainer.devices=1, not {trainer.world_size} processes)."
+            )
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        distill = distill / max(int(trainer.accumulate_grad_batches), 1)
+        grads = (
+            torch.autograd.grad(distill * scale, params, retain_graph=True, allow_unused=True)
+            if distill.requires_grad
+            else [None] * len(params)
+        )
+        optimizer.add_distill_gradients(params, grads, scale)
+        if not task.requires_grad:  # no task gradient this step: back-propagate a zero
+            task = task + 0.0 * distill
+        return task
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = as_batch(batch)
         logits = self._eval_step(batch, "test")
-        if self.log_agreement:
+        if self.log_agreement and self.teacher is not None:
             with torch.no_grad():
                 teacher_pred = self.teacher(batch["x"]).argmax(dim=1)
             self.agreement.update(logits, teacher_pred)

@@ -25,6 +25,17 @@ from the store, which keeps it beside the logits (a raw map only when the run's 
 ``teacher_store.max_gb``; see :meth:`Method.teacher_forms`). Layers without a form are tapped
 online.
 
+Optional hooks (each default keeps the behaviour above):
+
+- ``needs_teacher = False``: the method learns without a teacher network (teacher-free KD,
+  self-KD); no teacher is built, loaded, trained or stored, ``ctx.teacher_logits`` is None and
+  ``ctx.teacher_feats`` empty.
+- :meth:`Method.deployed`: the network validation, test, ``kdlight eval`` and ``kdlight export``
+  use instead of the bare student (a student head reusing the teacher's classifier);
+  :meth:`Method.restore` rebuilds the method's layers from a checkpoint for them.
+- :meth:`Method.optimizer` + :meth:`Method.separate_gradients`: an optimizer of the method's
+  own that receives the gradient of part of the loss separately (two-momentum SGD).
+
 A method never subclasses the engine and the engine never names a method.
 """
 
@@ -114,12 +125,17 @@ class Method(nn.Module):
         student_layers / teacher_layers: layers tapped every step (see :meth:`plan`).
         uses_store: the teacher outputs it reads may come from the teacher store (logits,
             and the forms of :meth:`teacher_forms`; taps without a form run online).
+        needs_teacher: the method reads a teacher network. False (teacher-free methods): no
+            teacher is built, loaded, trained or stored (a configured one is ignored with a
+            warning), ``resolve_layers`` gets ``teacher=None``, ``build`` empty teacher features,
+            and every step ``ctx.teacher_logits=None``, ``ctx.teacher_feats={}``.
     """
 
     needs_labels: bool = True
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     uses_store: bool = True
+    needs_teacher: bool = True
 
     def plan(self, epoch: int) -> Plan:
         """What the step of ``epoch`` needs; the default taps the declared layers every step."""
@@ -173,6 +189,52 @@ class Method(nn.Module):
     def hparams(self) -> dict[str, Any]:
         """Scalar settings that tell runs apart (reports, TensorBoard); default: none."""
         return {}
+
+    # ---- evaluation / deployment ---------------------------------------------------------
+    def deployed(self, student: nn.Module) -> nn.Module | None:
+        """The network that predicts at evaluation and deployment, or None: the student itself.
+
+        Called after :meth:`build` (or :meth:`restore`). The engine's validation and test steps,
+        ``kdlight eval`` and ``kdlight export`` run the returned module, which may reuse the
+        method's own submodules (they are in the student's checkpoint under ``method.``; a part
+        taken from the teacher must be copied into the method, frozen, to be saved with it).
+        It must be traceable for export (plain tensor ops on ``x`` -> logits).
+        """
+        return None
+
+    def restore(self, state: dict[str, torch.Tensor], student: nn.Module) -> None:
+        """Load the method's checkpoint entries (``method.`` stripped) without :meth:`build`.
+
+        Readers of a finished run (``kdlight eval``, ``kdlight export``) call it, with the
+        student, before :meth:`deployed` when the method overrides that; they have neither the
+        teacher nor data. The default loads ``state`` into the modules the constructor made; a
+        method that sizes its layers in :meth:`build` creates them from ``state``'s shapes first.
+        """
+        self.load_state_dict(state)
+
+    # ---- optimisation --------------------------------------------------------------------
+    def optimizer(self, factory: Callable[..., Any], params: list[torch.Tensor]):
+        """The optimizer of ``params``, or None: the engine's (``factory(params=...)``).
+
+        ``factory`` is ``module.optimizer`` (a partial: read its ``func`` / ``keywords``, and
+        raise :class:`ConfigError` naming a setting the method cannot train with). The
+        scheduler, gradient clipping and mixed precision apply to it as to any optimizer.
+        """
+        return None
+
+    def separate_gradients(
+        self, terms: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(task loss, distillation loss)`` whose gradients the optimizer takes apart, or None.
+
+        None (default): the engine back-propagates ``terms["loss"]``. Otherwise the task loss is
+        back-propagated by Lightning (``param.grad``: mixed-precision scaling, gradient clipping
+        and accumulation apply to it), and the distillation loss's gradient is computed with
+        ``torch.autograd.grad`` (scaled like the task loss, divided by the accumulation) and
+        handed to ``optimizer.add_distill_gradients(params, grads, scale)`` before the step,
+        so :meth:`optimizer` must return an optimizer with that method. Single-process only.
+        """
+        return None
 
 
 def check_range(

@@ -21,6 +21,7 @@ of stages, ``auto`` pairs the first ones both have (RepDistiller zips the two li
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -33,6 +34,26 @@ from kdlight.methods.base import RAW, Context, Form, Method, check_range
 from kdlight.methods.kd import soft_kl
 from kdlight.methods.taps import INPUT_SUFFIX, find_module, plain, split_tap
 from kdlight.models.base import penultimate_name, stage_names
+
+log = logging.getLogger(__name__)
+
+
+def warn_if_first_stage_covers_training(
+    method: nn.Module, ctx: Context, setting: str, epochs: int, untrained: str
+) -> None:
+    """Warn once when a two-stage method's first stage (``setting`` = ``epochs``) takes every epoch.
+
+    ``untrained`` names what the second stage would have trained (e.g. "the classifier").
+    """
+    if getattr(method, "_warned_first_stage", False):
+        return
+    if ctx.max_epochs is not None and 0 < ctx.max_epochs <= epochs:
+        log.warning(
+            "%s: %s=%d >= max_epochs=%d, so %s is never trained.",
+            type(method).__name__, setting, epochs, ctx.max_epochs, untrained,
+        )  # fmt: skip
+        method._warned_first_stage = True
+
 
 KINDS = ("stages", "last_stage", "penultimate", "stages+penultimate")
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from kdlight.errors import ConfigError
 from kdlight.methods.base import RAW, Context, Form, Plan, check_range
-from kdlight.methods.features import hint_stage
+from kdlight.methods.features import hint_stage, warn_if_first_stage_covers_training
 from kdlight.methods.kd import DEFAULT_TEMPERATURE, KD
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,6 @@ class FitNets(KD):
         self.regressor_form = regressor
         self.regressor_relu = bool(regressor_relu)
         self.regressor: HintRegressor | None = None
-        self._warned = False
 
     def resolve_layers(self, student: nn.Module, teacher: nn.Module) -> None:
         if self.guided_layer == "auto":
@@ -217,17 +216,10 @@ class FitNets(KD):
         )
 
     def forward(self, ctx: Context) -> dict[str, torch.Tensor]:
-        if (
-            self.form == "two_stage"
-            and ctx.max_epochs is not None
-            and 0 < ctx.max_epochs <= self.hint_epochs
-            and not self._warned
-        ):
-            log.warning(
-                "FitNets: hint_epochs=%d >= max_epochs=%d, so the classifier head is never trained.",
-                self.hint_epochs, ctx.max_epochs,
-            )  # fmt: skip
-            self._warned = True
+        if self.form == "two_stage":
+            warn_if_first_stage_covers_training(
+                self, ctx, "hint_epochs", self.hint_epochs, "the classifier head"
+            )
         if self.form == "two_stage" and not self.in_hint_stage(ctx.epoch):
             return super().forward(ctx)
         if self.regressor is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +61,26 @@ def fill_from_data(cfg: DictConfig, datamodule) -> None:
                     node.in_chans = int(datamodule.channels)
 
 
+def warn_unused_teacher(cfg: DictConfig) -> None:
+    """One warning line when a teacher-free method's run configures a teacher anyway."""
+    given = [
+        f"{key}={value}"
+        for key, value in (
+            ("teacher_ckpt", cfg.get("teacher_ckpt")),
+            ("teacher", (cfg.get("teacher") or {}).get("_target_")),
+        )
+        if value
+    ]
+    if given:
+        name = str(cfg.distill._target_).rsplit(".", 1)[-1].lower()
+        log.warning(
+            "distill=%s learns without a teacher: %s ignored (no teacher is built, loaded, "
+            "trained or stored)",
+            name,
+            ", ".join(given),
+        )
+
+
 def assemble(cfg: DictConfig, method=None) -> Assembly:
     """Build the run ``cfg`` describes; ``method`` is the ``distill`` method :func:`check_config` built.
 
@@ -94,9 +117,13 @@ def assemble(cfg: DictConfig, method=None) -> Assembly:
     from kdlight.run.teacher import build_teacher
     from kdlight.teacher.outputs import open_store
 
-    teacher, info = build_teacher(cfg, datamodule)
-    teacher = memory_format(teacher, datamodule)
-    store = open_store(cfg, teacher, datamodule) if method.uses_store else None
+    teacher, info, store = None, {}, None
+    if method.needs_teacher:
+        teacher, info = build_teacher(cfg, datamodule)
+        teacher = memory_format(teacher, datamodule)
+        store = open_store(cfg, teacher, datamodule) if method.uses_store else None
+    else:
+        warn_unused_teacher(cfg)
     if cfg.get("seed") is not None:  # the teacher's training must not shift the student's seed
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     student = memory_format(instantiate(cfg.student), datamodule)

@@ -18,7 +18,14 @@ from omegaconf import DictConfig
 
 from kdlight.checkpoints import load_weights
 from kdlight.errors import ConfigError
-from kdlight.run.read import DATA_TARGETS, NETWORK_TARGETS, open_run, safe_instantiate
+from kdlight.run.read import (
+    DATA_TARGETS,
+    NETWORK_TARGETS,
+    build_method,
+    deployed_network,
+    open_run,
+    safe_instantiate,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -41,6 +48,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule = safe_instantiate(cfg.data, DATA_TARGETS, where="data")
     datamodule.setup("test")
     load_weights(net, weights)
+    if role == "student":  # a method may predict through more than the student (SimKD)
+        source = str(run.config_path) if cfg.get("run") else "the config"
+        method = build_method((run.cfg if cfg.get("run") else cfg).get("distill"), source)
+        net = deployed_network(method, net, weights)
     module = ClassifierModule(net, datamodule.num_classes, optimizer=lambda params: None)
     trainer = L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),

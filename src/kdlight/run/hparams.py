@@ -32,7 +32,11 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     if distill is not None:
         from kdlight.teacher.ensemble import ensemble_name
 
-        hp["teacher"] = ensemble_name(cfg, model_name) or model_name(cfg.teacher)
+        hp["teacher"] = (
+            "none"
+            if teacher_free(distill)
+            else ensemble_name(cfg, model_name) or model_name(cfg.teacher)
+        )
         store = cfg.get("teacher_store")
         # served from the store or run online: same results, different wall time
         hp["teacher_store"] = bool(store is not None and store.get("enabled", True))
@@ -41,6 +45,16 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
             if not k.startswith("_") and isinstance(v, int | float | str | bool):
                 hp[f"distill.{k}" if k in general else k] = v
     return hp
+
+
+def teacher_free(distill: DictConfig) -> bool:
+    """Whether the ``distill`` node's method learns without a teacher (``needs_teacher`` False)."""
+    from kdlight.run.checks import instantiate_method
+
+    try:
+        return not instantiate_method(distill).needs_teacher
+    except Exception:  # noqa: BLE001 - a method that cannot be built is reported elsewhere
+        return False
 
 
 def method_name(target: str) -> str:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 #: What a saved config may build: module prefixes (ending in ".") or exact callables.
 NETWORK_TARGETS: tuple[str, ...] = ("kdlight.models.", "torchvision.models.", "timm.create_model")
 DATA_TARGETS: tuple[str, ...] = ("kdlight.data.",)
+METHOD_TARGETS: tuple[str, ...] = ("kdlight.methods.",)
 #: data modules of runs written before kdlight.data was split by role -> where they live now
 MOVED_DATA_TARGETS = {
     f"kdlight.data.{old}": f"kdlight.data.{new}"
@@ -345,8 +346,46 @@ def open_run(path: str | os.PathLike, which: str = "best") -> tuple[Run, Path]:
     return run, ckpt
 
 
+def build_method(distill: Any, source: str = "the config"):
+    """The ``distill`` node's method (``kdlight.methods.*`` only), or None for no node."""
+    if distill is None:
+        return None
+    return safe_instantiate(
+        distill, METHOD_TARGETS, where="distill", source=source, _convert_="all"
+    )
+
+
+def deployed_network(method, net, weights: str | os.PathLike):
+    """``net`` (its weights already loaded from ``weights``) as ``method`` deploys it.
+
+    A method that predicts through more than the student (:meth:`Method.deployed`) gets its
+    checkpoint entries (``method.*`` of the Lightning checkpoint ``weights``) through
+    :meth:`Method.restore`; every other method (or None) deploys the student itself.
+    """
+    from kdlight.checkpoints import load_checkpoint_file
+    from kdlight.methods.base import Method
+
+    if method is None or type(method).deployed is Method.deployed:
+        return net
+    obj = load_checkpoint_file(weights)
+    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    own = {k[7:]: v for k, v in (state or {}).items() if k.startswith("method.")}
+    if not own:
+        raise CheckpointError(
+            f"checkpoint {weights} holds no 'method.' weights, which distill="
+            f"{type(method).__name__.lower()} predicts with; give the run's own Lightning "
+            "checkpoint (checkpoints/last.ckpt or the validation-best one)."
+        )
+    method.restore(own, net)
+    deployed = method.deployed(net)
+    return (net if deployed is None else deployed).eval()
+
+
 __all__ = [
     "DATA_TARGETS",
+    "METHOD_TARGETS",
+    "build_method",
+    "deployed_network",
     "NETWORK_TARGETS",
     "Run",
     "RunFolderError",
