@@ -386,3 +386,24 @@ def test_another_users_lock_file_is_locked_read_only(tmp_path, monkeypatch):
     assert held is not None and not held.writable()
     held.close()
     assert lock.read_text() == "pid 7"  # another user's note stays
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "kdlight.methods.taps.tapped_forward",  # a function of kdlight.methods, not a method
+        "kdlight.methods.base.Context",  # a class there, but not a Method
+        "os.system",
+    ],
+)
+def test_a_saved_distill_node_builds_only_a_method_class(target, monkeypatch):
+    called = []
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: called.append(a))
+    with pytest.raises(runs.RunFolderError, match=r"distill._target_=.* refused"):
+        runs.build_method({"_target_": target, "x": 1}, "a saved config")
+    assert called == []
+
+
+def test_a_saved_distill_node_of_a_method_builds_it():
+    method = runs.build_method({"_target_": "kdlight.methods.kd.KD", "alpha": 0.5}, "cfg")
+    assert type(method).__name__ == "KD" and method.alpha == 0.5

@@ -350,8 +350,19 @@ def build_method(distill: Any, source: str = "the config"):
     """The ``distill`` node's method (``kdlight.methods.*`` only), or None for no node."""
     if distill is None:
         return None
-    return safe_instantiate(
-        distill, METHOD_TARGETS, where="distill", source=source, _convert_="all"
+    from kdlight.methods.base import Method
+
+    target = distill.get("_target_") if isinstance(distill, Mapping | DictConfig) else None
+    module_name, _, name = str(target).rpartition(".")
+    if _allowed_callable(str(target), METHOD_TARGETS):
+        cls = getattr(importlib.import_module(module_name), name)
+        if inspect.isclass(cls) and issubclass(cls, Method):
+            return safe_instantiate(
+                distill, METHOD_TARGETS, where="distill", source=source, _convert_="all"
+            )
+    raise RunFolderError(
+        f"{source} asks to build distill._target_={target!r}, which is not a kdlight method "
+        "class (kdlight.methods.*); it was refused and nothing from it was run."
     )
 
 
