@@ -1,53 +1,133 @@
 #!/usr/bin/env bash
-# The CPU-scale method comparison (docs/results/cifar10-cpu.md): the ResNet-20 teacher of
-# cifar_cnn_kd_5pct_cpu -> the 5-layer CNN on 5% of CIFAR-10, the student alone, KD and every
-# logit and feature method at its config's defaults, seeds 1-3, then one report.
+# The CPU-scale method comparisons (docs/results/cifar10-cpu.md): the ResNet-20 teacher of
+# cifar_cnn_kd_5pct_cpu distilled on 5% of CIFAR-10, seeds 1-3, each method at its config's
+# defaults, the student alone and KD as rows of the same table, then one report.
 #
-#   bash benchmarks/cpu_table.sh [OUT] [JOBS]        # OUT default logs/cpu_table, JOBS default 2
+#   bash benchmarks/cpu_table.sh TABLE [JOBS]     # JOBS default 2
 #
-# Runs are queued seed by seed (every row's seed 1 first), JOBS at a time, one thread each
-# (OMP_NUM_THREADS=1); a run whose folder already holds a finished record is skipped, so the
-# command resumes where a stopped one left off. The first KD run trains the teacher into the
-# store (the other runs wait on its lock). Raw teacher maps are stored up to 10 GB
-# (teacher_store.max_gb=10), so NST, VID and ReviewKD are served after their first seed.
-# Then: python -m kdlight.report OUT --versus method=kd,logit_standardization=false
+# TABLE (each: one student, its "alone" and "kd" rows, then the methods):
+#   fidelity          the 5-layer CNN: every logit and feature method of the fidelity study
+#                     (17 rows)                                    -> docs/fidelity_study
+#   methods3          the 5-layer CNN: the methods added with the transformers that take it
+#                                                                  -> docs/cpu_tables/methods3
+#   methods3_resnet8  ResNet-8: FSP and KD-SVD (equal channel counts at the paired stages) and
+#                     SDD (a classifier on the pooled last map)   -> docs/cpu_tables/methods3_resnet8
+#   deit              DeiT-Tiny (32x32, patch 4) from the same ResNet-20: KD, DeiT's token, OFA
+#                                                                  -> docs/cpu_tables/deit
+#   vit               ViT-Tiny from a ViT-Small teacher: KD, ViTKD -> docs/cpu_tables/vit
+#
+# A run's folder is logs/cpu_table/TABLE/ROW/seedN (checkpoints, TensorBoard); its record
+# (metrics.json: hparams, accuracies, wall time, the teacher's accuracy) is also kept in
+# docs/..._study/runs/ROW/seedN/, which is committed: the table is reported from those records,
+# so it grows across machines and sessions, and a run recorded there is never run again. A
+# teacher is trained once into the store by the first run that needs it (the others wait on its
+# lock); the report's teacher section lists every teacher the recorded runs used, with its
+# accuracy, so runs from two trainings of it would show as two teachers. Raw teacher maps are
+# stored up to 10 GB (teacher_store.max_gb=10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-logs/cpu_table}
+TABLE=${1:?usage: bash benchmarks/cpu_table.sh fidelity|methods3|methods3_resnet8|deit|vit [JOBS]}
 JOBS=${2:-2}
 PY=${PY:-.venv/bin/python}
+OUT=logs/cpu_table/$TABLE
 KD="+experiment=cifar_cnn_kd_5pct_cpu teacher_store.max_gb=10"
-ROWS=(
-  "alone|+experiment=cifar_cnn_5pct_cpu"
-  "kd|$KD distill=kd"
-  "dkd|$KD distill=dkd"
-  "dist|$KD distill=dist"
-  "ctkd|$KD distill=ctkd"
-  "kd_ls|$KD distill=kd distill.logit_standardization=true distill.alpha=null distill.ce_weight=0.1 distill.kd_weight=9 distill.temperature=2"
-  "fitnets|$KD distill=fitnets"
-  "at|$KD distill=at"
-  "crd|$KD distill=crd"
-  "reviewkd|$KD distill=reviewkd"
-  "nst|$KD distill=nst"
-  "sp|$KD distill=sp"
-  "pkt|$KD distill=pkt"
-  "rkd|$KD distill=rkd"
-  "vid|$KD distill=vid"
-  "cc|$KD distill=cc"
-  "fitnets_one_stage|$KD distill=fitnets distill.form=one_stage"
-)
+VS="--versus method=kd,logit_standardization=false"
+case "$TABLE" in
+  fidelity)
+    DOCS=docs/fidelity_study
+    ROWS=(
+      "alone|+experiment=cifar_cnn_5pct_cpu"
+      "kd|$KD distill=kd"
+      "dkd|$KD distill=dkd"
+      "dist|$KD distill=dist"
+      "ctkd|$KD distill=ctkd"
+      "kd_ls|$KD distill=kd distill.logit_standardization=true distill.alpha=null distill.ce_weight=0.1 distill.kd_weight=9 distill.temperature=2"
+      "fitnets|$KD distill=fitnets"
+      "at|$KD distill=at"
+      "crd|$KD distill=crd"
+      "reviewkd|$KD distill=reviewkd"
+      "nst|$KD distill=nst"
+      "sp|$KD distill=sp"
+      "pkt|$KD distill=pkt"
+      "rkd|$KD distill=rkd"
+      "vid|$KD distill=vid"
+      "cc|$KD distill=cc"
+      "fitnets_one_stage|$KD distill=fitnets distill.form=one_stage"
+    )
+    ;;
+  methods3)
+    DOCS=docs/cpu_tables/methods3
+    ROWS=(
+      "alone|+experiment=cifar_cnn_5pct_cpu"
+      "kd|$KD distill=kd"
+      "ab|$KD distill=ab"
+      "ft|$KD distill=ft"
+      "ofd|$KD distill=ofd"
+      "mlkd|$KD distill=mlkd"
+      "wttm|$KD distill=wttm"
+      "nkd|$KD distill=nkd"
+      "uskd|$KD distill=uskd"
+      "kdpp|$KD distill=kdpp"
+      "wsld|$KD distill=wsld"
+      "tfkd|$KD distill=tfkd"
+      "simkd|$KD distill=simkd"
+      "dot|$KD distill=dot"
+    )
+    ;;
+  methods3_resnet8)
+    DOCS=docs/cpu_tables/methods3_resnet8
+    R8="+experiment=cifar_resnet8_kd_5pct_cpu teacher_store.max_gb=10"
+    ROWS=(
+      "alone|+experiment=cifar_resnet8_5pct_cpu"
+      "kd|$R8 distill=kd"
+      "fsp|$R8 distill=fsp"
+      "kdsvd|$R8 distill=kdsvd"
+      "sdd|$R8 distill=sdd"
+    )
+    ;;
+  deit)
+    DOCS=docs/cpu_tables/deit
+    DEIT="+experiment=cifar_resnet20_vit_kd_cpu teacher_store.max_gb=10"
+    ROWS=(
+      "alone|$DEIT distill=null"
+      "kd|$DEIT distill=kd"
+      "deit|$DEIT distill=deit"
+      "ofa|$DEIT distill=ofa"
+    )
+    ;;
+  vit)
+    DOCS=docs/cpu_tables/vit
+    VIT="+experiment=cifar_vit_kd_cpu teacher_store.max_gb=10"
+    ROWS=(
+      "alone|$VIT distill=null"
+      "kd|$VIT distill=kd"
+      "vitkd|$VIT distill=vitkd"
+    )
+    ;;
+  *)
+    echo "cpu_table.sh: unknown table '$TABLE'; valid: fidelity, methods3, methods3_resnet8, deit, vit" >&2
+    exit 2
+    ;;
+esac
+finished() { [ -f "$1/metrics.json" ] && grep -q '"status": "finished"' "$1/metrics.json"; }
 queue=$(mktemp)
 trap 'rm -f "$queue"' EXIT
 for seed in 1 2 3; do
   for row in "${ROWS[@]}"; do
     name=${row%%|*}
     dir="$OUT/$name/seed$seed"
-    if [ -f "$dir/metrics.json" ] && grep -q '"status": "finished"' "$dir/metrics.json"; then
+    rec="$DOCS/runs/$name/seed$seed"
+    if finished "$rec"; then
       continue
     fi
-    echo "OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1 || echo 'failed: $dir (see its train.log)'" >> "$queue"
+    # a run finished in logs/ but not yet recorded is recorded, not rerun
+    run="finished $dir || OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1"
+    keep="mkdir -p $rec && cp $dir/metrics.json $rec/metrics.json"
+    echo "{ $run; } && finished $dir && $keep || echo 'failed: $dir (see its train.log)'" >> "$queue"
   done
 done
-echo "$(wc -l < "$queue") runs to go into $OUT, $JOBS at a time"
+export -f finished
+echo "$(wc -l < "$queue") runs to go into $OUT (records: $DOCS/runs), $JOBS at a time"
 xargs -d '\n' -P "$JOBS" -I{} bash -c '{}' < "$queue"
-"$PY" -m kdlight.report "$OUT" --versus method=kd,logit_standardization=false
+# shellcheck disable=SC2086
+"$PY" -m kdlight.report "$DOCS/runs" --out "$DOCS" $VS

@@ -70,7 +70,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-temperatures", default="2,4")
     p.add_argument("--beta", type=float, default=100.0, help="feature case: hint weight")
     p.add_argument("--teacher", default="resnet18")
-    p.add_argument("--student", default="resnet18")
+    p.add_argument(
+        "--student",
+        default="mobilenet_v3_small",
+        help="torchvision's name (kdlight, torchdistill) of the KD student",
+    )
+    p.add_argument(
+        "--timm-student",
+        default="mobilenetv3_small_100",
+        help="timm's name for the same network",
+    )
+    p.add_argument(
+        "--student-dropout",
+        type=float,
+        default=0.2,
+        help="torchvision's classifier dropout of --student (given to timm as --drop)",
+    )
+    p.add_argument(
+        "--feature-student",
+        default="resnet18",
+        help="the feature case's student, built by this name in all three: its pooled features "
+        "must be as wide as the teacher's (torchdistill's MSELoss takes no projection)",
+    )
+    p.add_argument(
+        "--extra-teachers",
+        default="resnet50",
+        help="comma-separated torchvision names: the online and sweep4 cases again with each "
+        "(random weights), rows named '<case> · teacher <name>'",
+    )
     p.add_argument(
         "--teacher-ckpt",
         default=None,
@@ -157,15 +184,25 @@ def rotate(items: list, r: int) -> list:
     return items[r % len(items) :] + items[: r % len(items)]
 
 
-def run_case(name: str, a: argparse.Namespace, work: Work, wd: Path) -> list[dict[str, Any]]:
+def run_case(
+    name: str, a: argparse.Namespace, work: Work, wd: Path, suffix: str = ""
+) -> list[dict[str, Any]]:
+    """The case's rows (``online`` also gives ``warm_store``), each name followed by ``suffix``."""
+    folder = f"{name}_teacher_{work.teacher}" if suffix else name  # Hydra-safe characters only
+    rows = _run_case(name, a, work, wd / "runs" / folder)
+    for row in rows:
+        row["name"] += suffix
+    return rows
+
+
+def _run_case(name: str, a: argparse.Namespace, work: Work, cdir: Path) -> list[dict[str, Any]]:
     kd = Method("kd", a.alpha, a.temperature, a.beta)
     kpy, ppy, th = a.kdlight_python, a.peers_python, a.threads
     rounds: dict[str, list[dict[str, Any]]] = {t: [] for t in (*results.TOOLS, "kdlight_warm")}
-    cdir = wd / "runs" / name
+    shutil.rmtree(cdir, ignore_errors=True)  # the harness's own folder: an earlier call's runs go
 
     if name == "online":
         warm_store = cdir / "warm_store"
-        shutil.rmtree(warm_store, ignore_errors=True)
         log("online: filling kdlight's store once (the warm_store runs reuse it; not timed)")
         fill = kdlight_command(kpy, work, kd, cdir / "fill", warm_store)
         cold = measure(fill, cdir / "fill.log", th, True)
@@ -221,6 +258,8 @@ def run_case(name: str, a: argparse.Namespace, work: Work, wd: Path) -> list[dic
         tools = list(results.TOOLS)
     elif name == "feature":
         feat = Method("feature", beta=a.beta)
+        fs = a.feature_student
+        work = replace(work, student=fs, timm_student=fs, student_dropout=0.0)
         cold = None
 
         def one(tool: str, r: int) -> dict[str, Any]:
@@ -331,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher_ckpt=teacher,
         teacher=a.teacher,
         student=a.student,
+        timm_student=a.timm_student,
+        student_dropout=a.student_dropout,
         batch_size=a.batch_size,
         workers=a.workers,
         epochs=a.epochs,
@@ -341,7 +382,10 @@ def main(argv: list[str] | None = None) -> None:
         "data": subset,
         "teacher": f"torchvision {a.teacher}, "
         + (f"weights {a.teacher_ckpt}" if a.teacher_ckpt else "random weights (seed 0)"),
-        "student": f"{a.student} (kdlight and torchdistill: torchvision's; timm: timm's, same structure)",
+        "student": f"{a.student} (kdlight and torchdistill: torchvision's; timm: its "
+        f"{a.timm_student}, the same network; classifier dropout {a.student_dropout})",
+        "feature_student": f"{a.feature_student} (all three by this name)",
+        "extra_teachers": a.extra_teachers or None,
         "image_size": work.image_size,
         "batch_size": a.batch_size,
         "epochs": a.epochs,
@@ -358,6 +402,13 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for c in cases:
         rows += run_case(c, a, work, wd)
+    for t in [t.strip() for t in a.extra_teachers.split(",") if t.strip()]:
+        heavy = replace(
+            work, teacher=t, teacher_ckpt=prepare.teacher(wd / f"teacher_{t}_random.pt", t)
+        )
+        for c in ("online", "sweep4"):
+            if c in cases:
+                rows += run_case(c, a, heavy, wd, suffix=f" · teacher {t}")
     machine = machine_info(a.kdlight_python)
     machine["loadavg_start"] = [round(x, 2) for x in load_start]
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -26,7 +26,9 @@ class Work:
     data: Path  # image folder: train/<class>/*, val/<class>/*
     teacher_ckpt: Path  # bare state dict of a torchvision `teacher`
     teacher: str = "resnet18"
-    student: str = "resnet18"
+    student: str = "mobilenet_v3_small"  # torchvision's name (kdlight, torchdistill)
+    timm_student: str = "mobilenetv3_small_100"  # timm's name for the same network
+    student_dropout: float = 0.2  # torchvision's classifier dropout, given to timm's --drop
     num_classes: int = 10
     image_size: int = 32
     eval_resize: int = 36  # = int(32 / 0.875): timm's crop_pct 0.875
@@ -152,7 +154,9 @@ def timm_command(python: str, work: Work, method: Method, result: Path) -> Comma
         str(HERE / "timm_kd.py"),
         str(work.data),
         "--model",
-        work.student,
+        work.timm_student,
+        "--drop",
+        str(work.student_dropout),
         "--num-classes",
         str(work.num_classes),
         "--img-size",
@@ -177,6 +181,7 @@ def timm_command(python: str, work: Work, method: Method, result: Path) -> Comma
         "0",  # train.py's default is 0.4
         "--train-interpolation",
         "bilinear",  # train.py's default is random
+        "--channels-last",  # kdlight's image-folder default (data.channels_last); off in train.py
         "--seed",
         str(work.seed),
         "--kd-model-name",

@@ -44,11 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--drop", type=float, default=0.0, help="train.py's --drop: classifier dropout")
     p.add_argument("--smoothing", type=float, default=0.0)
     p.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0])
     p.add_argument("--color-jitter", type=float, default=0.0)
     p.add_argument("--train-interpolation", default="bilinear")
     p.add_argument("--no-prefetcher", action="store_true")
+    p.add_argument(
+        "--channels-last", action="store_true", help="train.py's flag: NHWC model and inputs"
+    )
     p.add_argument("--log-interval", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cpu")
@@ -100,11 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     device = torch.device(args.device)
     random_seed(args.seed, 0)
-    model = create_model(args.model, pretrained=False, num_classes=args.num_classes)
+    model = create_model(
+        args.model, pretrained=False, num_classes=args.num_classes, drop_rate=args.drop
+    )
     data_config = resolve_data_config(
         {"input_size": (3, args.img_size, args.img_size), "crop_pct": args.crop_pct}, model=model
     )
     model.to(device)
+    if args.channels_last:  # as train.py: the model, then each input batch
+        model.to(memory_format=torch.channels_last)
     task = build_task(args, model, device)
     optimizer = create_optimizer_v2(
         task.trainable_module,
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         for x, y in loader:
             if not prefetch:
                 x, y = x.to(device), y.to(device)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             out = task(x, y)
             optimizer.zero_grad()
             out["loss"].backward()

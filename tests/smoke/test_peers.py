@@ -200,3 +200,25 @@ def test_kdlight_store_and_sweep_overrides(tmp_path):
         "-m" in argv and "distill.alpha=0.5,0.9" in argv and "distill.temperature=2.0,4.0" in argv
     )
     assert not any(a.startswith("hydra.run.dir=") for a in argv)
+
+
+def test_every_tool_builds_the_same_student(tmp_path):
+    work, kd = _work(tmp_path), commands.Method()
+    assert f"student.name={work.student}" in commands.kdlight_overrides(work, kd, store=None)
+    cfg = yaml.load(commands.torchdistill_yaml(work, kd), Loader=_TagBlindLoader)
+    assert cfg["models"]["student_model"]["key"] == work.student
+    timm_argv = commands.timm_command("python", work, kd, tmp_path / "r.json").argv
+    assert _argv_value(timm_argv, "--model") == work.timm_student
+    assert float(_argv_value(timm_argv, "--drop")) == work.student_dropout
+    assert "--channels-last" in timm_argv  # kdlight's image-folder default, equalised
+
+    # timm's name and torchvision's build one network: the same parameter sizes, in order (timm's
+    # head is a 1x1 conv on the pooled map where torchvision has a Linear: the same product)
+    import timm
+    import torchvision
+
+    ours = torchvision.models.get_model(work.student, num_classes=work.num_classes)
+    theirs = timm.create_model(work.timm_student, num_classes=work.num_classes)
+    sizes = [p.numel() for p in ours.parameters()]
+    assert sizes == [p.numel() for p in theirs.parameters()] and sum(sizes) == 1_528_106
+    assert ours.classifier[2].p == work.student_dropout  # the dropout timm is given

@@ -15,6 +15,7 @@ from kdlight.data.augment import (
     random_crop_flip,
     random_resized_crop_params,
     sample_generator,
+    sample_hash,
     sample_seed,
 )
 from kdlight.data.datasets.imagenet import ImageNetDataModule
@@ -59,6 +60,19 @@ def test_resized_crop_params_are_torchvisions_draws(h, w):
             expected = T.RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3])
         got = random_resized_crop_params(h, w, torch.Generator().manual_seed(seed))
         assert got == tuple(expected)
+
+
+def test_sample_seed_is_the_batched_hash_of_one_index():
+    # the per-image seed (Python ints, in loader workers) and the batched hash (int64 tensors,
+    # the teacher store's pad-crop views) are one function: the store's keys rely on it
+    cases = [(0, 0, 0), (7, 2, 0), (49_999, 1, 42), (2**32 + 5, 3, 2**40), (2**40 + 1, 2**31, -1)]
+    for i, v, s in cases:
+        assert sample_seed(i, v, s) == int(sample_hash(torch.tensor([i]), v, s)[0]), (i, v, s)
+    idx = torch.randint(0, 2**62, (200,), generator=torch.Generator().manual_seed(0))
+    batched = sample_hash(idx, 9, 1234).tolist()
+    assert [sample_seed(int(i), 9, 1234) for i in idx] == batched
+    with pytest.raises(ValueError, match="index"):
+        sample_seed(-1, 0, 0)
 
 
 def test_sample_generator_depends_on_seed_view_and_index_only():

@@ -297,6 +297,20 @@ def test_teachers_are_listed_once_with_their_accuracy_and_drawn(tmp_path, render
     assert (tmp_path / "out" / "accuracy_vs_T.png").stat().st_size > 0
 
 
+def test_two_trainings_of_one_teacher_are_two_teachers(tmp_path):
+    # records gathered on two machines: the same store path, two trainings of the teacher
+    path = {"teacher/source": "/store/teachers/abc/teacher.pt"}
+    first = {**path, "teacher/test_acc": 0.7772, "teacher/val_acc": 0.7822}
+    second = {**path, "teacher/test_acc": 0.7751, "teacher/val_acc": 0.7830}
+    for seed, teacher in [(1, first), (2, first), (3, second)]:
+        write_run(tmp_path, f"s{seed}", {**KD, "seed": seed}, {**acc(0.8), **teacher})
+    rep = build_report(tmp_path, tmp_path / "out")
+    teachers = teachers_of(rep.runs)
+    assert [(t.test_acc, t.runs) for t in teachers] == [(0.7772, 2), (0.7751, 1)]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 77.72 | 78.22 | 2 |" in text and "| 77.51 | 78.30 | 1 |" in text
+
+
 def test_no_teacher_section_without_distillation_runs(tmp_path):
     write_run(tmp_path / "runs", "base", {**BASE, "method": "none", "seed": 1}, acc(0.885))
     rep = build_report(tmp_path / "runs", tmp_path / "out")

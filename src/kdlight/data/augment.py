@@ -7,6 +7,7 @@ the teacher's logits for every (view, sample) can be computed once and reused
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -164,8 +165,16 @@ RESIZED_CROP_VERSION = 1
 
 
 def sample_seed(index: int, view: int, seed: int) -> int:
-    """The 32-bit seed of sample ``index``'s generator in ``view``: ``sample_hash(index, view, seed)``."""
-    return int(sample_hash(torch.tensor([int(index)]), view, seed)[0])
+    """The 32-bit seed of sample ``index``'s generator in ``view``: ``sample_hash(index, view, seed)``.
+
+    The same expression on Python ints (a loader worker calls this once per image; a tensor of
+    one element would cost more than decoding a 32x32 JPEG).
+    """
+    i = int(index)
+    if i < 0:
+        raise ValueError(f"sample index must be >= 0, got {i}")
+    h = _mix32((i & _MASK32) ^ _stream_key(int(seed), int(view)))
+    return _mix32(h ^ ((i >> 32) & _MASK32))
 
 
 def sample_generator(index: int, view: int, seed: int) -> torch.Generator:
@@ -175,6 +184,13 @@ def sample_generator(index: int, view: int, seed: int) -> torch.Generator:
     DataLoader worker or the process that draws it.
     """
     return torch.Generator().manual_seed(sample_seed(index, view, seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    """``log(ratio)`` as torchvision computes it (a float32 tensor), once per ratio."""
+    log_ratio = torch.log(torch.tensor(ratio))
+    return float(log_ratio[0]), float(log_ratio[1])
 
 
 def random_resized_crop_params(
@@ -192,12 +208,10 @@ def random_resized_crop_params(
     ``generator`` seeded like the global RNG it returns what torchvision returns.
     """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_lo, log_hi = _log_ratio(tuple(ratio))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = torch.exp(
-            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
-        ).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=generator)).item()
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:

@@ -214,23 +214,20 @@ class Teacher:
 
 
 def teachers_of(runs: Sequence[Run]) -> list[Teacher]:
-    """The distinct teachers (by weights file) of ``runs``, in order of first use."""
-    found: dict[str, Teacher] = {}
+    """The distinct teachers of ``runs`` in order of first use: by weights file and accuracy, so
+    two trainings of one teacher config (records gathered on two machines) are two teachers."""
+    found: dict[tuple, Teacher] = {}
     for r in runs:
         source = r.metrics.get("teacher/source")
         if source is None:
             continue
-        t = found.get(str(source))
-        if t is None:
-            found[str(source)] = Teacher(
-                r.hparams.get("teacher"),
-                str(source),
-                _float_or_none(r.metrics.get("teacher/test_acc")),
-                _float_or_none(r.metrics.get("teacher/val_acc")),
-                1,
-            )
+        test = _float_or_none(r.metrics.get("teacher/test_acc"))
+        val = _float_or_none(r.metrics.get("teacher/val_acc"))
+        key = (str(source), test, val)
+        if key in found:
+            found[key].runs += 1
         else:
-            t.runs += 1
+            found[key] = Teacher(r.hparams.get("teacher"), str(source), test, val, 1)
     return list(found.values())
 
 
