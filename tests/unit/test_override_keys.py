@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from kdlight.cli.train import misspelled_override
+from kdlight.cli.train import misspelled_override, without_method
+from kdlight.config import compose
 from kdlight.errors import ConfigError
 from kdlight.run.checks import check_config
 
@@ -35,3 +36,14 @@ def test_the_teachers_own_trainer_keys_are_checked(make_cfg):
     devices = make_cfg("distill=kd", "+teacher_train.trainer.devices=2")
     with pytest.raises(ConfigError, match="teacher_train.trainer.devices is set by kdlight"):
         check_config(devices)
+
+
+@pytest.mark.parametrize("experiment", ["cifar_cnn_5pct_cpu", "cifar_resnet20_vit_kd_cpu"])
+def test_distill_null_trains_the_student_alone(experiment):
+    # the README's distill=null: Hydra refuses null for a config group, and an experiment that
+    # picks a method (override /distill: deit) can only lose it by deletion
+    args = without_method([f"+experiment={experiment}", "distill=null", "seed=2"])
+    assert args == [f"+experiment={experiment}", "~distill", "seed=2"]
+    cfg = compose(args)
+    assert cfg.get("distill") is None and cfg.seed == 2
+    assert without_method(["distill=kd", "distill.alpha=0.5"]) == ["distill=kd", "distill.alpha=0.5"]

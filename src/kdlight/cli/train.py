@@ -111,8 +111,22 @@ def misspelled_override(args: list[str], config_name: str = "train") -> str | No
     return None
 
 
+#: ways of writing "no distillation method" on the command line
+NO_METHOD = ("distill=null", "distill=none", "distill=None")
+
+
+def without_method(args: list[str]) -> list[str]:
+    """``args`` with ``distill=null`` written as Hydra's ``~distill`` (the student alone).
+
+    Hydra refuses null as a config group's choice, and an experiment that picks a method
+    (``override /distill: kd``) can only lose it by deletion; both spellings mean the same.
+    """
+    return ["~distill" if a in NO_METHOD else a for a in args]
+
+
 def cli() -> None:
     """``kdlight-train`` / ``python -m kdlight.train``: a misspelled key is one sentence, exit 2."""
+    sys.argv[1:] = without_method(sys.argv[1:])
     problem = misspelled_override(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -120,4 +134,4 @@ def cli() -> None:
     main()
 
 
-__all__ = ["cli", "main", "misspelled_override"]
+__all__ = ["cli", "main", "misspelled_override", "without_method"]
