@@ -46,4 +46,7 @@ def test_distill_null_trains_the_student_alone(experiment):
     assert args == [f"+experiment={experiment}", "~distill", "seed=2"]
     cfg = compose(args)
     assert cfg.get("distill") is None and cfg.seed == 2
-    assert without_method(["distill=kd", "distill.alpha=0.5"]) == ["distill=kd", "distill.alpha=0.5"]
+    assert without_method(["distill=kd", "distill.alpha=0.5"]) == [
+        "distill=kd",
+        "distill.alpha=0.5",
+    ]
