@@ -4,6 +4,7 @@
 # defaults, the student alone and KD as rows of the same table, then one report.
 #
 #   bash benchmarks/cpu_table.sh TABLE [JOBS]     # JOBS default 2
+#   LIST=1 bash benchmarks/cpu_table.sh TABLE     # the rows and their overrides, nothing run
 #
 # TABLE (each: one student, its "alone" and "kd" rows, then the methods):
 #   fidelity          the 5-layer CNN: every logit and feature method of the fidelity study
@@ -109,22 +110,33 @@ case "$TABLE" in
     exit 2
     ;;
 esac
+if [ "${LIST:-0}" = 1 ]; then  # LIST=1: print "ROW<TAB>the run's overrides" per row and stop
+  for row in "${ROWS[@]}"; do printf '%s\t%s\n' "${row%%|*}" "${row#*|}"; done
+  exit 0
+fi
 finished() { [ -f "$1/metrics.json" ] && grep -q '"status": "finished"' "$1/metrics.json"; }
 queue=$(mktemp)
 trap 'rm -f "$queue"' EXIT
+# the student alone (the first row) of every seed first: it needs no teacher, so it runs while
+# the first KD run trains the teacher and the other runs wait on its lock
+order=()
+for seed in 1 2 3; do order+=("$seed|${ROWS[0]}"); done
 for seed in 1 2 3; do
-  for row in "${ROWS[@]}"; do
-    name=${row%%|*}
-    dir="$OUT/$name/seed$seed"
-    rec="$DOCS/runs/$name/seed$seed"
-    if finished "$rec"; then
-      continue
-    fi
-    # a run finished in logs/ but not yet recorded is recorded, not rerun
-    run="finished $dir || OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1"
-    keep="mkdir -p $rec && cp $dir/metrics.json $rec/metrics.json"
-    echo "{ $run; } && finished $dir && $keep || echo 'failed: $dir (see its train.log)'" >> "$queue"
-  done
+  for row in "${ROWS[@]:1}"; do order+=("$seed|$row"); done
+done
+for item in "${order[@]}"; do
+  seed=${item%%|*}
+  row=${item#*|}
+  name=${row%%|*}
+  dir="$OUT/$name/seed$seed"
+  rec="$DOCS/runs/$name/seed$seed"
+  if finished "$rec"; then
+    continue
+  fi
+  # a run finished in logs/ but not yet recorded is recorded, not rerun
+  run="finished $dir || OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1"
+  keep="mkdir -p $rec && cp $dir/metrics.json $rec/metrics.json"
+  echo "{ $run; } && finished $dir && $keep || echo 'failed: $dir (see its train.log)'" >> "$queue"
 done
 export -f finished
 echo "$(wc -l < "$queue") runs to go into $OUT (records: $DOCS/runs), $JOBS at a time"
