@@ -2,8 +2,8 @@
 
 Run once, offline, against local clones of the authors' repositories; the test needs neither
 the clones nor this script. The loss code is read from each clone at the commit named below
-(``git -C <clone> show <commit>:<path>``, so whatever the clone has checked out does not
-matter), executed here with two documented source patches (relative imports replaced by the
+(``git --git-dir <clone>/.git show <commit>:<path>``, or a bare git directory, so whatever the
+clone has checked out does not matter), executed here with two documented source patches (relative imports replaced by the
 definitions they import; ``.cuda()`` dropped so it runs on a CPU), and run in float64 on the
 inputs the test module builds (it is imported for them: one definition of every input), with
 the same parameter values as kdlight's side for every learnable part.
@@ -41,10 +41,8 @@ case is added or an input builder changes; never to make a failing test pass.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,7 +50,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_code import (  # noqa: E402
+    NO_CUDA,
+    PRELUDE,
+    ROOT,
+    git_show,
+    grad_record,
+    leaf,
+    load_source,
+    load_tests,
+    rel_errs,
+)
+
 REPOS = {
     "megvii-research/mdistiller": "a08d46f10d6102bd6e3f258ca5ac880b020ea259",
     "HobbitLong/RepDistiller": "b84f547c5db6a35318d4671d7d5c4de74c822403",
@@ -69,12 +79,7 @@ ARG = {
 }
 
 
-def load_tests():
-    path = ROOT / "tests" / "unit" / "test_reference_losses.py"
-    spec = importlib.util.spec_from_file_location("reference_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+DROP = ("from .", "from __future__", "from models", "from mdistiller")
 
 
 class Sources:
@@ -84,48 +89,18 @@ class Sources:
         self.clones = clones
 
     def text(self, repo: str, path: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(self.clones[repo]), "show", f"{REPOS[repo]}:{path}"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return out.stdout
+        return git_show(self.clones[repo], REPOS[repo], path)
 
     def load(self, repo: str, path: str, **inject) -> dict:
         """Execute one file; lines importing from the package itself are dropped (``inject``
         supplies what they imported), ``.cuda()`` calls are removed (CPU run)."""
-        lines = []
-        for line in self.text(repo, path).splitlines():
-            stripped = line.strip()
-            if stripped.startswith(("from .", "from __future__", "from models", "from mdistiller")):
-                continue
-            lines.append(line.replace(".cuda()", ""))
-        ns = {"torch": torch, "nn": nn, "F": F, "math": math, "__name__": f"ref.{path}", **inject}
-        exec(compile("\n".join(lines), f"{repo}/{path}", "exec"), ns)  # noqa: S102
-        return ns
+        ns = {**PRELUDE, "__name__": f"ref.{path}", **inject}
+        return load_source(self.clones[repo], REPOS[repo], path, ns, filename=f"{repo}/{path}",
+                           drop=DROP, replace=[NO_CUDA])  # fmt: skip
 
 
 class Distiller(nn.Module):
     """Stand-in for mdistiller's ``_base.Distiller`` (only subclassed, never run here)."""
-
-
-# ---- recording ---------------------------------------------------------------------------
-def grad_record(g: torch.Tensor, g32: torch.Tensor) -> dict:
-    """Norm and a few entries of a float64 gradient; ``f32_err``: max |float32 - float64| / norm."""
-    flat = g.detach().double().flatten()
-    n = flat.numel()
-    picks = sorted({0, n // 3, (2 * n) // 3, n - 1, int(flat.abs().argmax())})
-    norm = float(flat.norm())
-    err = float((g32.detach().double().flatten() - flat).abs().max()) / max(norm, 1e-300)
-    return {"norm": norm, "entries": [[i, float(flat[i])] for i in picks], "f32_err": err}
-
-
-def rel_errs(a: dict, b: dict) -> dict:
-    """Per term, |a - b| / |b| (0 where |b| < 1e-6: the test's absolute tolerance covers it)."""
-    return {k: abs(a[k] - b[k]) / abs(b[k]) if abs(b[k]) > 1e-6 else 0.0 for k in b}
-
-
-def leaf(x: torch.Tensor, dtype) -> torch.Tensor:
-    return x.detach().to(dtype).requires_grad_(True)
 
 
 # ---- the references ----------------------------------------------------------------------
@@ -428,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     src = Sources({repo: getattr(args, arg) for repo, arg in ARG.items()})
-    tests = load_tests()
+    tests = load_tests("test_reference_losses.py", "reference_cases")
     refs = References(src, tests)
     cases = {}
     for name, (method, kw, epoch, builder) in tests.CASES.items():

@@ -32,9 +32,7 @@ it only when a case is added or an input builder changes; never to make a failin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +40,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_code import NO_CUDA, ROOT, load_source, load_tests  # noqa: E402
+
 REPOS = {
     "yuanli2333/Teacher-free-Knowledge-Distillation": "d000ab378a409535a5f5f645b473e05e27529a02",
     "yzd-v/cls_KD": "1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66",
@@ -51,31 +51,15 @@ REPOS = {
 }
 
 
-def load_tests():
-    path = ROOT / "tests" / "unit" / "test_methods3_engine.py"
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("engine3_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def git_dir(clone: Path) -> Path:
-    return clone / ".git" if (clone / ".git").exists() else clone
+PATCHES = (NO_CUDA, ("from mmcls.registry import MODELS", ""), ("@MODELS.register_module()", ""))
 
 
 def source(clone: Path, repo: str, path: str) -> dict:
     """Execute ``path`` of ``clone`` at the pinned commit (patched as the module docstring says)."""
-    text = subprocess.run(
-        ["git", "--git-dir", str(git_dir(clone)), "show", f"{REPOS[repo]}:{path}"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    text = text.replace(".cuda()", "")
-    text = text.replace("from mmcls.registry import MODELS", "")
-    text = text.replace("@MODELS.register_module()", "")
     namespace: dict = {"__name__": f"ref_{Path(path).stem}"}
-    exec(compile(text, f"{repo}/{path}", "exec"), namespace)  # noqa: S102 - the pinned reference code
-    return namespace
+    return load_source(
+        clone, REPOS[repo], path, namespace, filename=f"{repo}/{path}", replace=PATCHES
+    )
 
 
 def lst(t: torch.Tensor):
@@ -165,7 +149,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "tests/unit/data/reference_values_engine3.json"
     )
     args = p.parse_args()
-    T = load_tests()
+    T = load_tests("test_methods3_engine.py", "engine3_cases")
     tf = "yuanli2333/Teacher-free-Knowledge-Distillation"
     values = {
         "sources": {

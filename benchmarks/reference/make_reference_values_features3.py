@@ -25,9 +25,7 @@ case is added or an input builder changes; never to make a failing test pass.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_code import ROOT, grad_record, leaf, load_source, load_tests  # noqa: E402
+
 RD, MD = "HobbitLong/RepDistiller", "megvii-research/mdistiller"
 REPOS = {
     RD: "b84f547c5db6a35318d4671d7d5c4de74c822403",
@@ -44,36 +44,15 @@ REPOS = {
 SOURCE = {"ab": RD, "ft": RD, "fsp": RD, "kdsvd": RD, "ofd": MD}
 
 
-def load_tests():
-    sys.path.insert(0, str(ROOT))
-    path = ROOT / "tests" / "unit" / "test_methods3_features.py"
-    spec = importlib.util.spec_from_file_location("features3_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Sources:
     def __init__(self, clones: dict[str, Path]):
         self.clones = clones
 
-    def load(self, repo: str, path: str, patch: tuple[str, str] | None = None) -> dict:
-        git_dir = self.clones[repo]
-        git_dir = git_dir / ".git" if (git_dir / ".git").exists() else git_dir
-        text = subprocess.run(
-            ["git", f"--git-dir={git_dir}", "show", f"{REPOS[repo]}:{path}"],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        if patch is not None:
-            assert patch[0] in text, (path, patch[0])
-            text = text.replace(*patch)
+    def load(self, repo: str, path: str, *patches: tuple[str, str]) -> dict:
         ns: dict = {"__name__": f"ref_{path.replace('/', '_')}"}
-        exec(compile(text, f"{repo}@{REPOS[repo][:8]}:{path}", "exec"), ns)  # noqa: S102
-        return ns
-
-
-def leaf(x, dtype):
-    return x.detach().to(dtype).requires_grad_(True)
+        filename = f"{repo}@{REPOS[repo][:8]}:{path}"
+        return load_source(self.clones[repo], REPOS[repo], path, ns, filename=filename,
+                           replace=patches, strict=True)  # fmt: skip
 
 
 class References:
@@ -173,25 +152,13 @@ class References:
         return {"loss": loss, "loss_ofd": value, "loss_ce": ce}, mods
 
 
-def grad_record(g: torch.Tensor, g32: torch.Tensor) -> dict:
-    flat = g.detach().double().flatten()
-    n = flat.numel()
-    picks = sorted({0, n - 1, n // 3, (2 * n) // 3, int(flat.abs().argmax())})
-    err = float((g32.double().flatten() - flat).abs().max() / max(float(flat.norm()), 1e-30))
-    return {
-        "norm": float(flat.norm()),
-        "entries": [[i, float(flat[i])] for i in picks],
-        "f32_err": err,
-    }
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repdistiller", type=Path, required=True)
     p.add_argument("--mdistiller", type=Path, required=True)
     p.add_argument("--out", type=Path, default=ROOT / "tests/unit/data/reference_values_features3.json")  # fmt: skip
     args = p.parse_args(argv)
-    t = load_tests()
+    t = load_tests("test_methods3_features.py", "features3_cases")
     refs = References(Sources({RD: args.repdistiller, MD: args.mdistiller}), t)
     cases = {}
     for name, (method, kw, epoch, builder) in t.CASES.items():
@@ -211,7 +178,9 @@ def main(argv=None) -> None:
             "terms_f32_rel_err": rel,
             # a conv bias right before BatchNorm has no effect: its gradient is 0 up to rounding
             "grads": {
-                k: grad_record(g, grads32[k]) for k, g in grads.items() if float(g.norm()) > 1e-9
+                k: grad_record(g, grads32[k], eps=1e-30)
+                for k, g in grads.items()
+                if float(g.norm()) > 1e-9
             },
         }
         worst = max([*rel.values(), *(r["f32_err"] for r in cases[name]["grads"].values())])

@@ -40,10 +40,7 @@ or an input builder changes; never to make a failing test pass.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -53,7 +50,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_code import (  # noqa: E402
+    NO_CUDA,
+    PRELUDE,
+    ROOT,
+    grad_record,
+    leaf,
+    load_source,
+    load_tests,
+    rel_errs,
+)
+
 REPOS = {
     "mlkd": ("Jin-Ying/Multi-Level-Logit-Distillation", "5ee473fcf193dfb00a0598b64d0acfe6ad58a482"),
     "wttm": ("zkxufo/TTM", "fe457b33a71ba27536ec04fe3d32c5b04963522f"),
@@ -72,40 +80,15 @@ DROP = ("from .", "from __future__", "from mdistiller", "from mmcls", "from term
         "from turtle", "from imagenet_train_cfg", "from tools")  # fmt: skip
 
 
-def load_tests():
-    sys.path.insert(0, str(ROOT))  # the test module imports tests.unit.test_reference_losses
-    path = ROOT / "tests" / "unit" / "test_methods3_logits.py"
-    spec = importlib.util.spec_from_file_location("methods3_cases", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Sources:
     def __init__(self, clones: Path):
         self.clones = clones
 
-    def text(self, method: str, path: str) -> str:
-        clone = self.clones / method
-        out = subprocess.run(
-            ["git", f"--git-dir={clone / '.git' if (clone / '.git').exists() else clone}",
-             "show", f"{REPOS[method][1]}:{path}"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return out.stdout
-
     def load(self, method: str, path: str, replace: dict | None = None, **inject) -> dict:
-        lines = []
-        for line in self.text(method, path).splitlines():
-            if line.strip().startswith(DROP):
-                continue
-            line = line.replace(".cuda()", "")
-            for a, b in (replace or {}).items():
-                line = line.replace(a, b)
-            lines.append(line)
-        ns = {"torch": torch, "nn": nn, "F": F, "np": np, "math": math, "__name__": "ref", **inject}
-        exec(compile("\n".join(lines), f"{REPOS[method][0]}/{path}", "exec"), ns)  # noqa: S102
-        return ns
+        repo, commit = REPOS[method]
+        ns = {**PRELUDE, "np": np, "__name__": "ref", **inject}
+        return load_source(self.clones / method, commit, path, ns, filename=f"{repo}/{path}",
+                           drop=DROP, replace=[NO_CUDA, *(replace or {}).items()])  # fmt: skip
 
 
 class Distiller(nn.Module):
@@ -252,19 +235,6 @@ class References:
         return terms, {"student_map": fmap.grad, "fc_weight": w_s.grad, "fc_bias": b_s.grad}
 
 
-def leaf(x: torch.Tensor, dtype) -> torch.Tensor:
-    return x.detach().to(dtype).requires_grad_(True)
-
-
-def grad_record(g: torch.Tensor, g32: torch.Tensor) -> dict:
-    flat = g.detach().double().flatten()
-    n = flat.numel()
-    picks = sorted({0, n // 3, (2 * n) // 3, n - 1, int(flat.abs().argmax())})
-    norm = float(flat.norm())
-    err = float((g32.detach().double().flatten() - flat).abs().max()) / max(norm, 1e-300)
-    return {"norm": norm, "entries": [[i, float(flat[i])] for i in picks], "f32_err": err}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clones", type=Path, required=True)
@@ -272,7 +242,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "tests/unit/data/reference_values_logits3.json"
     )
     args = parser.parse_args()
-    tests = load_tests()
+    tests = load_tests("test_methods3_logits.py", "methods3_cases")
     refs = References(Sources(args.clones), tests)
     out = {"repositories": dict(REPOS.values()), "cases": {}}
     for name, (method, kw, epoch, build) in tests.CASES.items():
@@ -281,8 +251,7 @@ def main() -> None:
         terms64, grads64 = fn(case, kw, epoch, torch.float64)
         terms32, grads32 = fn(build(), kw, epoch, torch.float32)
         terms = {k: float(v) for k, v in terms64.items()}
-        rel = {k: abs(float(terms32[k]) - terms[k]) / abs(terms[k]) if abs(terms[k]) > 1e-6 else 0.0
-               for k in terms}  # fmt: skip
+        rel = rel_errs(terms32, terms)
         repo, commit = REPOS[method]
         out["cases"][name] = {
             "source": {"repository": repo, "commit": commit},

@@ -23,10 +23,7 @@ same (its CIFAR configs' ``smoothing: 0.1``). Writes tests/unit/data/reference_v
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -37,8 +34,9 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # the test module imports tests.helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_code import PRELUDE, ROOT, grad_record, leaf, load_source, load_tests  # noqa: E402
+
 REPOS = {
     "facebookresearch/deit": "7e160fe43f0252d17191b71cbb5826254114ea5b",
     "yzd-v/cls_KD": "1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66",
@@ -46,43 +44,15 @@ REPOS = {
 }
 
 
-def git_dir(path: Path) -> Path:
-    return path / ".git" if (path / ".git").exists() else path
+DROP = ("from .", "from mmcls", "@MODELS.", "@register_distiller")
 
 
 def load(clone: Path, repo: str, path: str, **inject) -> dict:
-    text = subprocess.run(
-        ["git", "--git-dir", str(git_dir(clone)), "show", f"{REPOS[repo]}:{path}"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    keep, dropping = [], False
-    for line in text.splitlines():
-        s = line.strip()
-        if dropping or s.startswith(("from .", "from mmcls", "@MODELS.", "@register_distiller")):
-            dropping = s.endswith("\\")  # a dropped import continued on the next line
-            continue
-        keep.append(line)
-    ns = {"torch": torch, "nn": nn, "F": F, "np": np, "math": math, "__name__": f"ref.{path}", **inject}  # fmt: skip
-    exec(compile("\n".join(keep), f"{repo}/{path}", "exec"), ns)  # noqa: S102
-    return ns
-
-
-def load_tests():
-    spec = importlib.util.spec_from_file_location("vit3_cases", ROOT / "tests/unit/test_methods3_vit.py")  # fmt: skip
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def grad_record(g: torch.Tensor) -> dict:
-    flat = g.detach().double().flatten()
-    n = flat.numel()
-    picks = sorted({0, n // 3, (2 * n) // 3, n - 1, int(flat.abs().argmax())})
-    return {"norm": float(flat.norm()), "entries": [[i, float(flat[i])] for i in picks]}
-
-
-def leaf(x):
-    return x.detach().double().requires_grad_(True)
+    ns = {**PRELUDE, "np": np, "__name__": f"ref.{path}", **inject}
+    # drop_continued: a dropped import may continue on the next line
+    return load_source(
+        clone, REPOS[repo], path, ns, filename=f"{repo}/{path}", drop=DROP, drop_continued=True
+    )
 
 
 class Refs:
@@ -185,7 +155,7 @@ def main() -> None:
     p.add_argument("--ofakd", type=Path, required=True)
     p.add_argument("--out", type=Path, default=ROOT / "tests/unit/data/reference_values_vit3.json")
     args = p.parse_args()
-    tests = load_tests()
+    tests = load_tests("test_methods3_vit.py", "vit3_cases")
     refs = Refs(args)
     out = {"about": __doc__.split("\n")[0], "torch": torch.__version__, "repositories": REPOS, "cases": {}}  # fmt: skip
     source = {"deit": "facebookresearch/deit", "vitkd": "yzd-v/cls_KD", "ofa": "Hao840/OFAKD"}
