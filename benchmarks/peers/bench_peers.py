@@ -105,6 +105,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-steps", type=int, default=0, help="steps per epoch (0: whole epochs)")
     p.add_argument(
+        "--train-teacher",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="train the teacher on the subset's train/ for EPOCHS (plain PyTorch, once) "
+        "instead of random weights",
+    )
+    p.add_argument(
+        "--vary-seeds", action="store_true", help="round r runs seed 42 + r (accuracy spread)"
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tiny sizes, 1 round: checks it runs; numbers mean nothing",
@@ -115,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers-python", default=str(HERE / ".venv" / "bin" / "python"))
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.add_argument("--page", default=None, help="rewrite the table in this Markdown page")
+    p.add_argument(
+        "--table",
+        default=None,
+        help="which table of --page to rewrite (default: the speed table; e.g. accuracy)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.epochs, a.train_per_class, a.val_per_class, a.max_steps = 1, 1, 30, 5, 2
@@ -280,7 +296,10 @@ def _run_case(name: str, a: argparse.Namespace, work: Work, cdir: Path) -> list[
     else:
         raise SystemExit(f"--cases: unknown case {name!r}; valid: {', '.join(CASES)}")
 
+    base = work
     for r in range(a.rounds):
+        if a.vary_seeds:  # the closures above read `work` when called: round r runs seed + r
+            work = replace(base, seed=base.seed + r)
         for tool in rotate(tools, r):
             log(f"{name}: round {r + 1}/{a.rounds}: {tool}")
             rounds[tool].append(one(tool, r))
@@ -306,6 +325,18 @@ def _run_case(name: str, a: argparse.Namespace, work: Work, cdir: Path) -> list[
         "feature": "hint on the pooled pre-logit features (avgpool): CE + beta * MSE, teacher online",
     }[name]
     return [results.case_row(name, rounds, note)]
+
+
+def teacher_words(a: argparse.Namespace, path: Path) -> str:
+    if a.teacher_ckpt:
+        return f"weights {a.teacher_ckpt}"
+    if a.train_teacher:
+        info = json.loads(Path(f"{path}.json").read_text())
+        return (
+            f"trained {info['epochs']} epochs on train/ (plain PyTorch, seed {info['seed']}): "
+            f"{100 * info['val_acc']:.2f}% on val/"
+        )
+    return "random weights (seed 0)"
 
 
 def machine_info(kdlight_python: str) -> dict[str, Any]:
@@ -360,11 +391,14 @@ def main(argv: list[str] | None = None) -> None:
     archive = prepare.find_archive(a.archive)
     data = wd / f"cifar10_{a.train_per_class}x{a.val_per_class}"
     subset = prepare.subset(archive, data, a.train_per_class, a.val_per_class)
-    teacher = (
-        Path(a.teacher_ckpt).resolve()
-        if a.teacher_ckpt
-        else prepare.teacher(wd / f"teacher_{a.teacher}_random.pt", a.teacher)
-    )
+    if a.teacher_ckpt:
+        teacher = Path(a.teacher_ckpt).resolve()
+    elif a.train_teacher:
+        name = f"teacher_{a.teacher}_{a.train_per_class}x_{a.train_teacher}ep.pt"
+        log(f"training the teacher once ({a.train_teacher} epochs) -> {wd / name}")
+        teacher = prepare.trained_teacher(wd / name, data, a.teacher, a.train_teacher)
+    else:
+        teacher = prepare.teacher(wd / f"teacher_{a.teacher}_random.pt", a.teacher)
     work = Work(
         data=data,
         teacher_ckpt=teacher,
@@ -380,8 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = {
         "data": subset,
-        "teacher": f"torchvision {a.teacher}, "
-        + (f"weights {a.teacher_ckpt}" if a.teacher_ckpt else "random weights (seed 0)"),
+        "teacher": f"torchvision {a.teacher}, " + teacher_words(a, teacher),
         "student": f"{a.student} (kdlight and torchdistill: torchvision's; timm: its "
         f"{a.timm_student}, the same network; classifier dropout {a.student_dropout})",
         "feature_student": f"{a.feature_student} (all three by this name)",
@@ -395,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": a.threads,
         "workers": a.workers,
         "rounds": a.rounds,
+        "seeds": [42 + r for r in range(a.rounds)] if a.vary_seeds else [42],
         "quick": a.quick,
         "peers": peers,
     }
@@ -419,7 +453,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.output).write_text(text + "\n")
     if a.page:
         page = Path(a.page)
-        page.write_text(results.replace_table(page.read_text(), results.markdown_table(doc)))
+        table = results.markdown_table(doc)
+        page.write_text(results.replace_table(page.read_text(), table, a.table))
     log(results.markdown_table(doc))
 
 

@@ -85,3 +85,47 @@ def teacher(path: Path, name: str = "resnet18", num_classes: int = 10, seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def trained_teacher(
+    path: Path, data: Path, name: str = "resnet18", epochs: int = 30, seed: int = 0
+) -> Path:
+    """A torchvision ``name`` trained on ``data/train`` (once) and saved as a bare state dict.
+
+    Plain PyTorch, no tool's code: CIFAR's pad-4 crop + flip, SGD 0.05 (momentum 0.9, weight
+    decay 5e-4, cosine over ``epochs``), batch 128, seed ``seed``. Its accuracy on ``data/val``
+    is written beside it (``<path>.json``).
+    """
+    if path.is_file():
+        return path
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    torch.manual_seed(seed)
+    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    train = torchvision.datasets.ImageFolder(
+        data / "train", T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    )  # fmt: skip
+    val = torchvision.datasets.ImageFolder(data / "val", T.Compose([T.ToTensor(), norm]))
+    loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, num_workers=2)
+    net = torchvision.models.get_model(name, weights=None, num_classes=len(train.classes))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for _ in range(epochs):
+        net.train()
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        sched.step()
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(val, batch_size=256):
+            correct += int((net(x).argmax(1) == y).sum())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    info = {"name": name, "epochs": epochs, "seed": seed, "val_acc": correct / len(val)}
+    Path(f"{path}.json").write_text(json.dumps(info))
+    return path

@@ -138,9 +138,19 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_table(page: str, table: str) -> str:
+def markers(name: str | None = None) -> tuple[str, str]:
+    """The comments around a table the harness writes: the speed table's, or table ``name``'s."""
+    if not name:
+        return TABLE_START, TABLE_END
+    return f"<!-- peers-table-{name}:start (written by benchmarks/peers/bench_peers.py) -->", (
+        f"<!-- peers-table-{name}:end -->"
+    )
+
+
+def replace_table(page: str, table: str, name: str | None = None) -> str:
     """``page`` with the text between the table markers replaced by ``table`` (markers kept)."""
-    start, end = page.find(TABLE_START), page.find(TABLE_END)
+    first, last = markers(name)
+    start, end = page.find(first), page.find(last)
     if start < 0 or end < start:
         raise ValueError("the page has no peers-table markers; add them where the table goes")
-    return page[: start + len(TABLE_START)] + "\n" + table + "\n" + page[end:]
+    return page[: start + len(first)] + "\n" + table + "\n" + page[end:]

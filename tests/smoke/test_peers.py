@@ -136,6 +136,11 @@ def test_document_and_table_round_trip():
     assert results.replace_table(new, table) == new
     with pytest.raises(ValueError, match="markers"):
         results.replace_table("no markers", table)
+    # a second table of the page has its own markers; the speed table's stay as they were
+    first, last = results.markers("accuracy")
+    both = f"{new}{first}\nold accuracy\n{last}\n"
+    acc = results.replace_table(both, "acc table", "accuracy")
+    assert "old accuracy" not in acc and "acc table" in acc and table in acc
 
 
 class _TagBlindLoader(yaml.SafeLoader):
