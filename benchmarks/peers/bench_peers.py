@@ -113,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "instead of random weights",
     )
     p.add_argument(
-        "--vary-seeds", action="store_true", help="round r runs seed 42 + r (accuracy spread)"
+        "--vary-seeds",
+        action="store_true",
+        help="round r runs the work's seed (42) + r (accuracy spread)",
     )
     p.add_argument(
         "--quick",
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": a.threads,
         "workers": a.workers,
         "rounds": a.rounds,
-        "seeds": [42 + r for r in range(a.rounds)] if a.vary_seeds else [42],
+        "seeds": [work.seed + r for r in range(a.rounds)] if a.vary_seeds else [work.seed],
         "quick": a.quick,
         "peers": peers,
     }
@@ -451,11 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if a.output:
         Path(a.output).write_text(text + "\n")
+    table = results.markdown_table(doc)
     if a.page:
         page = Path(a.page)
-        table = results.markdown_table(doc)
         page.write_text(results.replace_table(page.read_text(), table, a.table))
-    log(results.markdown_table(doc))
+    log(table)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ def trained_teacher(
     from torchvision import transforms as T
 
     torch.manual_seed(seed)
-    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    from commands import MEAN, STD  # the work's normalisation (ImageNet statistics)
+
+    norm = T.Normalize(MEAN, STD)
     train = torchvision.datasets.ImageFolder(
         data / "train", T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     )  # fmt: skip

@@ -69,9 +69,13 @@ def sample_hash(idx: torch.Tensor, view: int, seed: int) -> torch.Tensor:
     """
     if idx.dtype != torch.long:
         idx = idx.long()
-    k = _stream_key(int(seed), int(view))
-    h = _mix32((idx & _MASK32) ^ k)
-    return _mix32(h ^ ((idx >> 32) & _MASK32))
+    return _index_hash(idx, _stream_key(int(seed), int(view)))
+
+
+def _index_hash(i, key: int):
+    """``mix32(mix32(i_lo ^ key) ^ i_hi)`` of a non-negative index: a Python int or an int64 tensor."""
+    h = _mix32((i & _MASK32) ^ key)
+    return _mix32(h ^ ((i >> 32) & _MASK32))
 
 
 def crop_flip_params(
@@ -173,8 +177,7 @@ def sample_seed(index: int, view: int, seed: int) -> int:
     i = int(index)
     if i < 0:
         raise ValueError(f"sample index must be >= 0, got {i}")
-    h = _mix32((i & _MASK32) ^ _stream_key(int(seed), int(view)))
-    return _mix32(h ^ ((i >> 32) & _MASK32))
+    return _index_hash(i, _stream_key(int(seed), int(view)))
 
 
 def sample_generator(index: int, view: int, seed: int) -> torch.Generator:
