@@ -58,6 +58,7 @@ case "$TABLE" in
     ;;
   methods3)
     DOCS=docs/cpu_tables/methods3
+    SHARED_ROWS="alone kd"  # the same commands as the fidelity table's rows: their records serve
     ROWS=(
       "alone|+experiment=cifar_cnn_5pct_cpu"
       "kd|$KD distill=kd"
@@ -110,6 +111,7 @@ case "$TABLE" in
     exit 2
     ;;
 esac
+SHARED_ROWS=${SHARED_ROWS:-}
 if [ "${LIST:-0}" = 1 ]; then  # LIST=1: print "ROW<TAB>the run's overrides" per row and stop
   for row in "${ROWS[@]}"; do printf '%s\t%s\n' "${row%%|*}" "${row#*|}"; done
   exit 0
@@ -133,8 +135,16 @@ for item in "${order[@]}"; do
   if finished "$rec"; then
     continue
   fi
-  # a run finished in logs/ but not yet recorded is recorded, not rerun
-  run="finished $dir || OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1"
+  # a row whose command is the fidelity table's (same overrides, same seed) is not run again:
+  # runs are bit-reproducible on one machine type, so its record is that run's record
+  shared="docs/fidelity_study/runs/$name/seed$seed"
+  if [[ " $SHARED_ROWS " == *" $name "* ]] && finished "$shared"; then
+    mkdir -p "$rec" && cp "$shared/metrics.json" "$rec/metrics.json"
+    continue
+  fi
+  # a run finished in logs/ but not yet recorded is recorded, not rerun; the folder of a run that
+  # was stopped before it finished (this script's own output) is cleared and the run starts over
+  run="finished $dir || { rm -rf $dir && OMP_NUM_THREADS=1 $PY -m kdlight.train ${row#*|} seed=$seed hydra.run.dir=$dir > /dev/null 2>&1; }"
   keep="mkdir -p $rec && cp $dir/metrics.json $rec/metrics.json"
   echo "{ $run; } && finished $dir && $keep || echo 'failed: $dir (see its train.log)'" >> "$queue"
 done
@@ -143,3 +153,5 @@ echo "$(wc -l < "$queue") runs to go into $OUT (records: $DOCS/runs), $JOBS at a
 xargs -d '\n' -P "$JOBS" -I{} bash -c '{}' < "$queue"
 # shellcheck disable=SC2086
 "$PY" -m kdlight.report "$DOCS/runs" --out "$DOCS" $VS
+# the summary the results page includes (docs/results/cifar10-cpu.md)
+"$PY" benchmarks/cpu_table_md.py "$DOCS/runs" > "$DOCS/summary.md"

@@ -11,7 +11,8 @@ float32, for ``f32_err``) on the inputs the test module builds (it is imported f
     yzd-v/cls_KD                                      1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66  mmcls/models/dis_losses/nkd.py
     shicaiwei123/SDD-CVPR2024                         e412036c6b7b67d8ed25418d2dedad223ab49a71  mdistiller/distillers/{KD,SDD_DKD}.py,
                                                                                                 mdistiller/models/cifar/utils.py
-    WangYZ1608/Knowledge-Distillation-via-ND          fc6f3f9058ed35189a1d3c0a79a7594025e4d88f  CIFAR/utils.py
+    WangYZ1608/Knowledge-Distillation-via-ND          fc6f3f9058ed35189a1d3c0a79a7594025e4d88f  CIFAR/utils.py,
+                                                                                                CIFAR/Models/embtrans_cifar.py
     bellymonster/Weighted-Soft-Label-Distillation     67820dd7c3c733d5331b78b1e66ef8a990391d5e  knowledge_distiller.py
 
 Patches: ``.cuda()`` dropped; lines importing the package itself (``from .``, ``from
@@ -21,6 +22,11 @@ False``); WSLD's ``num_classes=1000`` set to the case's 10 classes and its hard-
 set per case on the instance; KD++'s class means (``T_EMB``) are the exact means of the
 case's history and batch teacher embeddings (the authors round them to 4 decimals); SDD's
 region logits are computed as ``ResNet_SDD.forward`` does (SPP, permute, fc, permute).
+``kdpp_head`` runs the authors' ``EmbTrans`` built as ``train_cifar_kd.py`` builds it for
+``wrn40_1_cifar`` (64 -> 128), around a stand-in student that returns the case's embedding and
+logits, with the case's head parameters, in training mode and under the test module's
+``fixed_dropout`` (the case's keep mask in place of a random one; kdlight's side runs under
+the same); its BatchNorm running statistics after the step are recorded too (``buffers``).
 
     mkdir -p /tmp/refs && cd /tmp/refs
     git clone https://github.com/Jin-Ying/Multi-Level-Logit-Distillation mlkd
@@ -100,6 +106,17 @@ def register(*args, **kwargs):
     return lambda cls: cls
 
 
+class StandIn(nn.Module):
+    """The student inside ``EmbTrans``: ``student(x, embed=True)`` -> (embedding, logits)."""
+
+    def __init__(self, emb: torch.Tensor, logits: torch.Tensor):
+        super().__init__()
+        self.emb, self.logits = emb, logits
+
+    def forward(self, x, embed=True):
+        return self.emb, self.logits
+
+
 class References:
     def __init__(self, src: Sources, tests):
         self.t = tests
@@ -113,6 +130,7 @@ class References:
                                 dkd_loss_origin=None)  # fmt: skip
         self.spp = src.load("sdd", "mdistiller/models/cifar/utils.py")["SPP"]
         self.kdpp = src.load("kdpp", "CIFAR/utils.py")
+        self.emb_trans = src.load("kdpp", "CIFAR/Models/embtrans_cifar.py")["EmbTrans"]
         cfg = types.SimpleNamespace(optim=types.SimpleNamespace(label_smooth=False))
         self.wsld = src.load("wsld", "knowledge_distiller.py", {"num_classes=1000": "num_classes=10"},
                              config=cfg, utils=None)  # fmt: skip
@@ -183,6 +201,18 @@ class References:
         t = case["teacher_logits"].to(dtype)
         s_emb = leaf(case["student_emb"], dtype)
         t_emb = case["teacher_emb"].to(dtype)
+        head, emb_s = None, s_emb
+        if "head" in case:  # train_cifar_kd.py: model = EmbTrans(student=model, model_name=...)
+            head = self.emb_trans(student=StandIn(s_emb, s), model_name="wrn40_1_cifar")
+            bn, _, fc = head.fc1
+            head.to(dtype).train()
+            with torch.no_grad():
+                for p, v in zip([*bn.parameters(), *fc.parameters()], case["head"], strict=True):
+                    assert p.shape == v.shape, (p.shape, v.shape)
+                    p.copy_(v)
+            with self.t.fixed_dropout(case["dropout_keep"]) as calls:
+                emb_s, logits = head("images", embed=True)
+            assert len(calls) == 1 and logits is s, calls
         y = case["labels"]
         emb = torch.cat([case["history_emb"], case["teacher_emb"]])
         lab = torch.cat([case["history_labels"], y])
@@ -192,7 +222,7 @@ class References:
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # torch.tensor(T_EMB[...]) takes the default dtype
         try:
-            nd = nd_loss(s_emb=s_emb, t_emb=t_emb, T_EMB=t_embs, labels=y)
+            nd = nd_loss(s_emb=emb_s, t_emb=t_emb, T_EMB=t_embs, labels=y)
         finally:
             torch.set_default_dtype(previous)
         ce = F.cross_entropy(s, y)
@@ -201,7 +231,13 @@ class References:
         loss.backward()
         terms = {"loss": loss, "loss_ce": ce, "loss_kd": kd_loss(s, t) / kw.get("kd_weight", 1.0),
                  "loss_nd": nd / kw.get("nd_weight", 2.0)}  # fmt: skip
-        return terms, {"student_logits": s.grad, "student_emb": s_emb.grad}
+        grads = {"student_logits": s.grad, "student_emb": s_emb.grad}
+        if head is not None:
+            grads.update(head_bn_weight=bn.weight.grad, head_bn_bias=bn.bias.grad,
+                         head_fc_weight=fc.weight.grad, head_fc_bias=fc.bias.grad)  # fmt: skip
+            grads["buffers"] = {"head_bn_running_mean": bn.running_mean,
+                                "head_bn_running_var": bn.running_var}  # fmt: skip
+        return terms, grads
 
     def sdd_(self, case, kw, epoch, dtype):
         scales = kw.get("scales", [1, 2, 4])
@@ -250,6 +286,7 @@ def main() -> None:
         fn = getattr(refs, method + "_")
         terms64, grads64 = fn(case, kw, epoch, torch.float64)
         terms32, grads32 = fn(build(), kw, epoch, torch.float32)
+        buffers64, buffers32 = grads64.pop("buffers", {}), grads32.pop("buffers", {})
         terms = {k: float(v) for k, v in terms64.items()}
         rel = rel_errs(terms32, terms)
         repo, commit = REPOS[method]
@@ -260,6 +297,10 @@ def main() -> None:
             "terms": terms, "terms_f32_rel_err": rel,
             "grads": {k: grad_record(grads64[k], grads32[k]) for k in grads64},
         }  # fmt: skip
+        if buffers64:
+            out["cases"][name]["buffers"] = {
+                k: grad_record(buffers64[k], buffers32[k]) for k in buffers64
+            }
         print(f"{name:16s} f32_err terms {max(rel.values()):.1e} grads "
               f"{max(r['f32_err'] for r in out['cases'][name]['grads'].values()):.1e}")  # fmt: skip
     args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

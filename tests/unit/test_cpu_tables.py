@@ -53,3 +53,49 @@ def test_an_unknown_table_is_one_sentence_and_exit_2():
         ["bash", str(ROOT / "benchmarks" / "cpu_table.sh"), "nope"], capture_output=True, text=True
     )
     assert out.returncode == 2 and "valid: fidelity" in out.stderr
+
+
+def test_rows_served_from_the_fidelity_records_run_the_same_command():
+    # methods3 takes its "alone" and "kd" records from the fidelity table: only sound if the
+    # commands are identical
+    script = (ROOT / "benchmarks" / "cpu_table.sh").read_text()
+    fidelity, methods3 = rows("fidelity"), rows("methods3")
+    shared = script.split('SHARED_ROWS="', 1)[1].split('"', 1)[0].split()
+    assert shared == ["alone", "kd"]
+    for name in shared:
+        assert methods3[name] == fidelity[name], name
+
+
+def _record(folder: Path, best: float, last: float, status: str = "finished") -> None:
+    import json
+
+    folder.mkdir(parents=True)
+    record = {"status": status, "test/acc_best": best, "test/acc_last": last}
+    (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def test_the_summary_table_is_computed_from_the_records(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cpu_table_md", ROOT / "benchmarks" / "cpu_table_md.py"
+    )
+    md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(md)
+    runs = tmp_path / "runs"
+    _record(runs / "alone" / "seed1", 0.60, 0.59)
+    _record(runs / "alone" / "seed2", 0.62, 0.61)
+    _record(runs / "kd" / "seed1", 0.65, 0.64)
+    _record(runs / "at" / "seed1", 0.70, 0.50)
+    _record(runs / "at" / "seed2", 0.10, 0.10, status="running")  # not counted
+    lines = md.render(runs).splitlines()
+    assert (
+        lines[0]
+        == "| row | seeds | test acc, val-best ckpt | test acc, last ckpt | Δ vs alone | Δ vs kd |"
+    )
+    # alone: mean 61, sample std of (60, 62) = 1.414
+    assert lines[2] == "| student alone | 1, 2 | 61.00 ± 1.41 | 60.00 ± 1.41 | +0.00 | -4.00 |"
+    assert lines[3] == "| `kd` | 1 | 65.00 | 64.00 | +4.00 | +0.00 |"
+    assert lines[4] == "| `at` | 1 | 70.00 | 50.00 | +9.00 | +5.00 |"
+    with pytest.raises(SystemExit, match="no finished run records"):
+        md.render(tmp_path / "empty")

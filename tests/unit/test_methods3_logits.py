@@ -20,7 +20,8 @@ References (repository @ commit, files read):
   (``multi_dkd``), ``mdistiller/models/cifar/utils.py`` (``SPP``) and the region-logit lines
   of ``ResNet_SDD.forward`` (``mdistiller/models/cifar/resnet.py``)
 - WangYZ1608/Knowledge-Distillation-via-ND @ fc6f3f9058ed35189a1d3c0a79a7594025e4d88f:
-  ``CIFAR/utils.py`` (``DirectNormLoss``, ``KDLoss``), ``CIFAR/train_cifar_kd.py`` (the sum)
+  ``CIFAR/utils.py`` (``DirectNormLoss``, ``KDLoss``), ``CIFAR/train_cifar_kd.py`` (the sum),
+  ``CIFAR/Models/embtrans_cifar.py`` (``EmbTrans``, the head of ``kdpp_head``)
 - bellymonster/Weighted-Soft-Label-Distillation @ 67820dd7c3c733d5331b78b1e66ef8a990391d5e:
   ``knowledge_distiller.py`` (``WSLDistiller.forward``)
 
@@ -32,21 +33,37 @@ gradient's norm). A formula difference is orders of magnitude larger. The script
 the authors' code in float32 and recorded its own rounding (``f32_err``); the tolerance is ten
 times that where it exceeds RTOL. The cases include +/-80 logits (``*_extreme``) and
 unlabeled batches where the method allows them (MLKD, WTTM with ``ce_weight=0``).
+
+``kdpp_head``: student and teacher embeddings of different sizes (64 and 128, the authors'
+wrn40_1 -> wrn40_2 pair), so the student's goes through KD++'s head BatchNorm1d -> Dropout(0.5)
+-> Linear, the authors' ``EmbTrans`` built as ``train_cifar_kd.py`` builds it, in training mode
+(batch statistics) as their loop runs it. Both heads get the case's parameter values. Dropout
+is random, so both runs replace ``F.dropout`` (which ``nn.Dropout`` calls) by
+:func:`fixed_dropout`: the same arithmetic as torch's dropout (checked below against the mask
+torch draws) with the case's keep mask instead of a fresh one, and the layer's own ``p``, so
+the dropout stays active and its rate is pinned. The student embedding's columns range from
+std 3 to 1e-3 (variance below BatchNorm's eps), so eps counts. Pinned: the terms, the gradients
+for the logits, the embedding and the head's four parameters, and BatchNorm's running
+statistics after the step (its momentum and unbiased variance).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
 from kdlight.methods.base import Context
-from tests.unit.test_reference_losses import gen, labels, logit_case, logits
+from tests.unit.test_reference_losses import gen, labels, logit_case, logits, param_values
 
 RTOL = 2e-5
 ATOL = 1e-6
@@ -67,6 +84,48 @@ def kdpp_case(seed: int, d_s: int = 6, n: int = 8) -> dict:
     case["history_emb"] = gen(seed + 12, 30, d_s) + 0.5
     case["history_labels"] = labels(seed + 13, n=30)
     return case
+
+
+def kdpp_head_case(seed: int, d_s: int = 64, d_t: int = 128, n: int = 8) -> dict:
+    """Embeddings of different sizes, the head's parameters and Dropout's keep mask.
+
+    ``head``: BatchNorm1d weight and bias, Linear weight and bias (:func:`param_values`).
+    The student embedding's column c has std 10^(0.5 - 3.5 c / (d_s - 1)), from 3.2 to 1e-3,
+    and mean half its std; the teacher's norms are near the head output's, so that ND's
+    max(||s_i||, ||t_i||) takes each side for some rows.
+    """
+    case = logit_case(seed)
+    scale = torch.logspace(0.5, -3.0, d_s, dtype=torch.float64)
+    case["student_emb"] = (gen(seed + 10, n, d_s) + 0.5) * scale
+    case["teacher_emb"] = gen(seed + 11, n, d_t, scale=1.2) + 0.5  # norms near the head's
+    case["history_emb"] = gen(seed + 12, 30, d_t, scale=1.2) + 0.5
+    case["history_labels"] = labels(seed + 13, n=30)
+    case["head"] = tuple(param_values([(d_s,), (d_s,), (d_t, d_s), (d_t,)], seed + 20))
+    g = torch.Generator().manual_seed(seed + 30)
+    half = torch.full((n, d_s), 0.5, dtype=torch.float64)
+    case["dropout_keep"] = torch.bernoulli(half, generator=g)
+    return case
+
+
+@contextmanager
+def fixed_dropout(keep: torch.Tensor) -> Iterator[list]:
+    """Make ``F.dropout`` (what ``nn.Dropout`` calls) use the keep mask ``keep`` (1 kept, 0
+    dropped) instead of drawing one.
+
+    In training it returns input * (keep / (1 - p)), as torch's dropout does for the mask it
+    draws; ``p`` is the caller's, so the layer's rate still counts. Out of training the input
+    is returned. Yields the list of the ``p`` of each call.
+    """
+    calls: list = []
+
+    def dropout(input, p=0.5, training=True, inplace=False):  # noqa: A002 - F.dropout's names
+        if not training:
+            return input
+        calls.append(p)
+        return input * (keep.to(input) / (1.0 - p))
+
+    with mock.patch.object(F, "dropout", dropout):
+        yield calls
 
 
 def sdd_case(seed: int, n: int = 6, size: int = 8) -> dict:
@@ -99,6 +158,7 @@ CASES = {
     "wsld_extreme": ("wsld", {"alpha": 2.5, "temperature": 2.0}, 0, lambda: logit_case(404, True)),
     "kdpp_epoch5": ("kdpp", {"nd_weight": 2.0, "kd_weight": 1.0}, 5, lambda: kdpp_case(501)),
     "kdpp_extreme": ("kdpp", {"nd_weight": 0.5, "kd_weight": 3.0}, 30, lambda: kdpp_extreme(504)),
+    "kdpp_head": ("kdpp", {"nd_weight": 1.5, "kd_weight": 1.0}, 10, lambda: kdpp_head_case(507)),
     "sdd_kd": ("sdd", {"base": "kd"}, 0, lambda: sdd_case(601)),
     "sdd_kd_12": (
         "sdd",
@@ -162,7 +222,8 @@ def leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_case(name: str) -> tuple[dict, dict]:
-    """kdlight's terms and gradients for one case, in float32."""
+    """kdlight's terms and gradients for one case, in float32 (and the head's BatchNorm running
+    statistics, with the gradients, for ``kdpp_head``)."""
     method_name, kwargs, epoch, build = CASES[name]
     case = build()
     method = make_method(method_name, kwargs)
@@ -172,16 +233,41 @@ def run_case(name: str) -> tuple[dict, dict]:
     grads = {"student_logits": s}
     ctx = Context(s, case["teacher_logits"].float(), case["labels"], torch.arange(len(s)), epoch)
     if method_name == "kdpp":
-        d = case["student_emb"].shape[1]
-        method.center_sum, method.center_count = torch.zeros(N_CLASSES, d), torch.zeros(N_CLASSES)
-        method.student_layers, method.teacher_layers = ("fc:in",), ("fc:in",)
-        method.observe(case["history_emb"].float(), case["history_labels"])
-        grads["student_emb"] = leaf(case["student_emb"])
-        ctx.student_feats = {"fc:in": grads["student_emb"]}
-        ctx.teacher_feats = {"fc:in": case["teacher_emb"].float()}
+        return run_kdpp(method, case, ctx, grads)
     out = method(ctx)
     out["loss"].backward()
     return out, {k: v.grad for k, v in grads.items()}
+
+
+def run_kdpp(method, case: dict, ctx: Context, grads: dict) -> tuple[dict, dict]:
+    d_s, d_t = case["student_emb"].shape[1], case["teacher_emb"].shape[1]
+    method.student_layers, method.teacher_layers = ("fc:in",), ("fc:in",)
+    method.build({"fc:in": torch.zeros(2, d_s)}, {"fc:in": torch.zeros(2, d_t)}, N_CLASSES)
+    method.observe(case["history_emb"].float(), case["history_labels"])
+    grads["student_emb"] = leaf(case["student_emb"])
+    ctx.student_feats = {"fc:in": grads["student_emb"]}
+    ctx.teacher_feats = {"fc:in": case["teacher_emb"].float()}
+    if "head" not in case:
+        assert method.embed is None
+        out = method(ctx)
+        out["loss"].backward()
+        return out, {k: v.grad for k, v in grads.items()}
+    (bn,) = (m for m in method.embed.modules() if isinstance(m, nn.BatchNorm1d))
+    (fc,) = (m for m in method.embed.modules() if isinstance(m, nn.Linear))
+    params = {"head_bn_weight": bn.weight, "head_bn_bias": bn.bias,
+              "head_fc_weight": fc.weight, "head_fc_bias": fc.bias}  # fmt: skip
+    with torch.no_grad():
+        for p, v in zip(params.values(), case["head"], strict=True):
+            p.copy_(v.float())
+    grads.update(params)
+    method.train()
+    with fixed_dropout(case["dropout_keep"]) as calls:
+        out = method(ctx)
+    assert len(calls) == 1, calls
+    out["loss"].backward()
+    values = {k: v.grad for k, v in grads.items()}
+    values.update(head_bn_running_mean=bn.running_mean, head_bn_running_var=bn.running_var)
+    return out, values
 
 
 def run_sdd(method, case: dict, epoch: int) -> tuple[dict, dict]:
@@ -225,6 +311,7 @@ def tolerance(f32_err: float, name: str = "") -> float:
 
 
 def check(name: str, expected: dict, out: dict, grads: dict) -> None:
+    """``grads``: the gradients named in the case's ``grads``, and the tensors in ``buffers``."""
     exp = expected["cases"][name]
     assert fingerprint(CASES[name][3]()) == pytest.approx(exp["fingerprint"], rel=1e-12), (
         "the case's inputs changed; the reference values no longer apply"
@@ -232,7 +319,7 @@ def check(name: str, expected: dict, out: dict, grads: dict) -> None:
     for term, value in exp["terms"].items():
         rtol = tolerance(exp["terms_f32_rel_err"].get(term, 0.0), name)
         assert float(out[term]) == pytest.approx(value, rel=rtol, abs=ATOL), (name, term)
-    for key, rec in exp["grads"].items():
+    for key, rec in {**exp["grads"], **exp.get("buffers", {})}.items():
         flat = grads[key].double().flatten()
         tol = tolerance(rec["f32_err"], name) * rec["norm"]
         assert float(flat.norm()) == pytest.approx(rec["norm"], rel=tolerance(rec["f32_err"], name))
@@ -313,6 +400,16 @@ def test_sdd_keeps_no_copy_of_either_classifier():
     student, teacher = TinyNet(5), TinyNet(7)
     method.resolve_layers(student, teacher)
     assert not list(method.parameters()) and method._heads["student"] is student.fc
+
+
+def test_fixed_dropout_is_torchs_dropout_for_the_mask_it_drew():
+    x = torch.rand(16, 64, dtype=torch.float64) + 0.5  # no zeros: the output shows the mask
+    for p in (0.5, 0.3):
+        y = F.dropout(x, p, training=True)
+        with fixed_dropout((y != 0).double()) as calls:
+            assert torch.equal(nn.Dropout(p)(x), y)
+            assert torch.equal(nn.Dropout(p).eval()(x), x)
+        assert calls == [p]
 
 
 def test_kdpp_projects_a_differently_sized_embedding_with_a_learned_head():
