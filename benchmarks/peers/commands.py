@@ -79,6 +79,7 @@ def kdlight_overrides(work: Work, method: Method, store: Path | None) -> list[st
         f"data.eval_batch_size={work.batch_size}",
         f"data.num_workers={work.workers}",
         "data.val_size=0",  # all of train/ is trained on, as the peers do; test = val/
+        "data.drop_last=true",  # as timm's training loader (and the torchdistill config here)
         f"seed={work.seed}",
         f"module.optimizer.lr={work.lr}",
         f"module.optimizer.momentum={work.momentum}",
@@ -242,7 +243,9 @@ def _tf(key: str, kwargs: str = "") -> str:
     return f"{pad}- !import_call\n{pad}  key: '{key}'\n{pad}  init:\n{pad}    kwargs: {{{kwargs}}}"
 
 
-def _loader_yaml(dataset_id: str, sampler: str, batch_size: int, workers: int, supp: bool) -> str:
+def _loader_yaml(dataset_id: str, sampler: str, batch_size: int, workers: int, train: bool) -> str:
+    # training: the last, smaller batch is dropped, as timm's loader always does (kdlight:
+    # data.drop_last=true); evaluation keeps every image
     return f"""dataset_id: '{dataset_id}'
     sampler:
       class_or_func: !import_get
@@ -252,8 +255,8 @@ def _loader_yaml(dataset_id: str, sampler: str, batch_size: int, workers: int, s
       batch_size: {batch_size}
       num_workers: {workers}
       pin_memory: False
-      drop_last: False
-    requires_supp: {supp}"""
+      drop_last: {train}
+    requires_supp: {train}"""
 
 
 def torchdistill_yaml(work: Work, method: Method) -> str:

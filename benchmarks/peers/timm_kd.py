@@ -17,6 +17,7 @@ Writes ``--result`` JSON: per-epoch training seconds and samples, and top-1 accu
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import time
@@ -65,8 +66,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-steps", type=int, default=0, help="stop each epoch after N steps (0: all)"
     )
+    # train.py's key=value dictionaries (values read as Python literals), e.g.
+    # --model-kwargs zero_init_last=False --opt-kwargs filter_bias_and_bn=False
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--opt-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--result", required=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.model_kwargs = _kwargs(args.model_kwargs)
+    args.opt_kwargs = _kwargs(args.opt_kwargs)
+    return args
+
+
+def _kwargs(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
 def build_task(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:
@@ -105,7 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     random_seed(args.seed, 0)
     model = create_model(
-        args.model, pretrained=False, num_classes=args.num_classes, drop_rate=args.drop
+        args.model,
+        pretrained=False,
+        num_classes=args.num_classes,
+        drop_rate=args.drop,
+        **args.model_kwargs,
     )
     data_config = resolve_data_config(
         {"input_size": (3, args.img_size, args.img_size), "crop_pct": args.crop_pct}, model=model
@@ -120,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         weight_decay=args.weight_decay,
         momentum=args.momentum,
+        **args.opt_kwargs,
     )
     train_set = create_dataset("", root=args.data_dir, split="train", is_training=True)
     eval_set = create_dataset("", root=args.data_dir, split="val", is_training=False)

@@ -176,6 +176,15 @@ def test_each_tool_gets_the_soft_weight_in_its_own_convention(tmp_path):
     assert cfg["models"]["teacher_model"]["src_ckpt"] == str(work.teacher_ckpt)
 
 
+def test_every_tool_drops_the_last_smaller_training_batch(tmp_path):
+    # timm's create_loader drops it in training, always; the other two are told to
+    work, kd = _work(tmp_path), commands.Method()
+    assert "data.drop_last=true" in commands.kdlight_overrides(work, kd, store=None)
+    cfg = yaml.load(commands.torchdistill_yaml(work, kd), Loader=_TagBlindLoader)
+    assert cfg["train"]["train_data_loader"]["kwargs"]["drop_last"] is True
+    assert cfg["test"]["test_data_loader"]["kwargs"]["drop_last"] is False
+
+
 def test_feature_case_weights_and_hooks(tmp_path):
     work, feat = _work(tmp_path), commands.Method("feature", beta=100.0)
     timm = commands.timm_command("python", work, feat, tmp_path / "r.json").argv

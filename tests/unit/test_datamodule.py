@@ -74,3 +74,37 @@ def test_a_batch_holds_the_rows_of_its_indices_and_moves_as_one_dict(tiny_data_d
     assert torch.equal(
         dm.transfer_batch_to_device(nested, torch.device("cpu"), 0)["extra"][0], batch["x"]
     )
+
+
+def test_drop_last_drops_only_the_last_smaller_training_batch(tiny_data_dir):
+    # 250 training samples, batch 32: 7 full batches + 26
+    keep, drop = _dm(tiny_data_dir), _dm(tiny_data_dir, drop_last=True)
+    assert [len(b["idx"]) for b in keep.train_dataloader()][-1] == 26
+    sizes = [len(b["idx"]) for b in drop.train_dataloader()]
+    assert sizes == [32] * 7
+    # evaluation keeps every sample
+    assert sum(len(b["idx"]) for b in drop.val_dataloader()) == 50
+
+
+def test_drop_last_that_would_drop_everything_is_one_sentence(tiny_data_dir):
+    import pytest
+
+    from kdlight.errors import DataError
+
+    dm = _dm(tiny_data_dir, drop_last=True, labeled_fraction=0.1)  # 25 samples < batch 32
+    with pytest.raises(DataError, match=r"data.drop_last=true would drop every training batch.*25"):
+        dm.train_dataloader()
+
+
+def test_every_data_config_takes_drop_last(make_cfg):
+    for data in (
+        "cifar10",
+        "cifar100",
+        "fmnist",
+        "mnist",
+        "image_folder",
+        "imagenet",
+        "tiny_imagenet",
+    ):
+        cfg = make_cfg("+experiment=cifar_cnn", f"data={data}")
+        assert cfg.data.drop_last is False, data

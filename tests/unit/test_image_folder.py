@@ -145,6 +145,16 @@ def test_batches_carry_what_the_engine_reads(tree):
     assert t["view"] is None and t["split"] == "test" and t["x"].shape == (8, 3, 32, 32)
 
 
+def test_drop_last_drops_the_last_smaller_training_batch(tree):
+    # 70 images - 10 held out = 60 training images, batch 8: 7 full batches + 4
+    sizes = {}
+    for drop in (False, True):
+        dm = module(tree, drop_last=drop)
+        epoch(dm, 0)
+        sizes[drop] = [len(b["idx"]) for b in dm.train_dataloader()]
+    assert sizes[False] == [8] * 7 + [4] and sizes[True] == [8] * 7
+
+
 def test_unlabeled_training_batches_have_no_labels(tree):
     dm = module(tree, unlabeled=True)
     epoch(dm, 0)

@@ -94,6 +94,8 @@ class ArrayDataModule(L.LightningDataModule):
         num_classes: the classes the networks predict (None: counted from the data at setup).
         split_seed: seed of the validation split and the labeled subset.
         download: allow torchvision to download the data when it is not found locally.
+        drop_last: drop the last training batch of each epoch when it is smaller than
+            ``batch_size`` (timm's training loader does; PyTorch's and Lightning's default keeps it).
     """
 
     name: str = "array"
@@ -118,6 +120,7 @@ class ArrayDataModule(L.LightningDataModule):
         num_classes: int | None = 10,
         download: bool = True,
         channels_last: bool = False,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         check_fraction(labeled_fraction)
@@ -158,6 +161,7 @@ class ArrayDataModule(L.LightningDataModule):
         self.num_classes = int(num_classes) if num_classes is not None else None
         self.download = bool(download)
         self.channels_last = bool(channels_last)
+        self.drop_last = bool(drop_last)
         self.arrays = None
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None
@@ -207,9 +211,22 @@ class ArrayDataModule(L.LightningDataModule):
             _Indices(idx),
             batch_size=batch,
             sampler=EpochSeededShuffle(_Indices(idx)) if shuffle else None,
+            drop_last=self.drops_last(split, len(idx)),
             num_workers=0,
             collate_fn=functools.partial(self.collate, split=split),
         )
+
+    def drops_last(self, split: str, n: int) -> bool:
+        """Whether the ``split`` loader over ``n`` samples drops its last, smaller batch."""
+        if split != "train" or not self.drop_last:
+            return False
+        if n < self.batch_size:
+            raise DataError(
+                f"data.drop_last=true would drop every training batch: the training set has {n} "
+                f"samples, fewer than data.batch_size={self.batch_size}; set data.drop_last=false "
+                "or a smaller batch size."
+            )
+        return True
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -254,6 +254,7 @@ class ImageFolderDataModule(ArrayDataModule):
             data,
             batch_size=batch,
             sampler=EpochSeededShuffle(data) if shuffle else None,
+            drop_last=self.drops_last(split, len(data)),
             num_workers=workers,
             collate_fn=functools.partial(
                 collate, labels=None if train and self.unlabeled else labels, split=split
