@@ -24,10 +24,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=12)
+    p.add_argument(
+        "--models", default="resnet18,resnet50", help="comma-separated torchvision names"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     out = {"threads": a.threads, "reps": a.reps, "batch": [128, 3, 32, 32], "ms": {}}
-    for name in ("resnet18", "resnet50"):
+    for name in [m.strip() for m in a.models.split(",") if m.strip()]:
         nchw = getattr(torchvision.models, name)(num_classes=10).eval()
         nhwc = getattr(torchvision.models, name)(num_classes=10).eval()
         nhwc.load_state_dict(nchw.state_dict())

@@ -236,3 +236,21 @@ def test_every_tool_builds_the_same_student(tmp_path):
     sizes = [p.numel() for p in ours.parameters()]
     assert sizes == [p.numel() for p in theirs.parameters()] and sum(sizes) == 1_528_106
     assert ours.classifier[2].p == work.student_dropout  # the dropout timm is given
+
+
+def test_teacher_format_probe_prints_each_case_per_model():
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peers" / "teacher_format.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--models", "resnet18", "--reps", "1", "--threads", "1"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    ms = json.loads(out.stdout)["ms"]
+    assert list(ms) == ["resnet18"]
+    assert set(ms["resnet18"]) == {
+        "nchw_weights_nhwc_batch", "nhwc_weights_nhwc_batch", "nchw_weights_nchw_batch"
+    }  # fmt: skip
+    assert all(v > 0 for v in ms["resnet18"].values())
