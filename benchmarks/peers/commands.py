@@ -170,6 +170,8 @@ def timm_command(python: str, work: Work, method: Method, result: Path) -> Comma
         str(work.workers),
         "--epochs",
         str(work.epochs),
+        "--opt",
+        "momentum",  # train.py's default 'sgd' is Nesterov's; kdlight's and torchdistill's SGD is not
         "--lr",
         str(work.lr),
         "--momentum",

@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-b", "--batch-size", type=int, default=128)
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument(
+        "--opt", default="sgd", help="train.py's --opt: timm's 'sgd' is Nesterov, 'momentum' is not"
+    )
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     task = build_task(args, model, device)
     optimizer = create_optimizer_v2(
         task.trainable_module,
-        opt="sgd",
+        opt=args.opt,
         lr=args.lr,
         weight_decay=args.weight_decay,
         momentum=args.momentum,

@@ -167,6 +167,8 @@ def test_each_tool_gets_the_soft_weight_in_its_own_convention(tmp_path):
     assert float(_argv_value(timm, "--task-loss-weight")) == pytest.approx(0.1)  # distill = 1 - 0.1
     assert "--distill-loss-weight" not in timm
     assert float(_argv_value(timm, "--kd-temperature")) == 4.0
+    # the same SGD in all three: timm's "sgd" is Nesterov's, its "momentum" the classical one
+    assert _argv_value(timm, "--opt") == "momentum"
     # torchdistill's KDLoss alpha weights the CE term
     cfg = yaml.load(commands.torchdistill_yaml(work, kd), Loader=_TagBlindLoader)
     term = cfg["train"]["criterion"]["kwargs"]["sub_terms"]["kd"]
