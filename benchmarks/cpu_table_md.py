@@ -7,6 +7,9 @@ them): the seeds recorded, test accuracy of the validation-best and of the last 
 ± sample std over the seeds, in %), and the difference of the val-best mean to the rows ``alone``
 and ``kd``, in points. ``alone`` and ``kd`` come first, then the others by val-best mean. The
 results pages include the file (``--8<--``), so the page shows what the records hold.
+
+``RUNS/../notes.json`` (``{"ROW": "text"}``), when present, adds a note column: the measured
+reason beside a row that needs one (e.g. a method below the student alone).
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def _stat(values: list[float]) -> str:
 def render(runs: Path) -> str:
     """The Markdown table of the finished records under ``runs``."""
     rows = _load(runs)
+    notes_file = runs.parent / "notes.json"
+    notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
+    unknown = sorted(set(notes) - set(rows))
+    if unknown:
+        raise SystemExit(
+            f"cpu_table_md: {notes_file} has notes for rows without records: {unknown}"
+        )
     if not rows:
         raise SystemExit(f"cpu_table_md: no finished run records under {runs}")
     means = {
@@ -51,7 +61,11 @@ def render(runs: Path) -> str:
     order += sorted((n for n in rows if n not in ANCHORS), key=lambda n: -means[n])
     head = ["row", "seeds", "test acc, val-best ckpt", "test acc, last ckpt"]
     head += [f"Δ vs {a}" for a in ANCHORS if a in rows]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    rule = "|---|---|" + "---:|" * (len(head) - 2)
+    if notes:
+        head.append("note")
+        rule += "---|"
+    lines = ["| " + " | ".join(head) + " |", rule]
     for name in order:
         seeds = rows[name]
         cells = [
@@ -61,6 +75,8 @@ def render(runs: Path) -> str:
             _stat([r["test/acc_last"] for r in seeds.values()]),
         ]
         cells += [f"{100 * (means[name] - means[a]):+.2f}" for a in ANCHORS if a in rows]
+        if notes:
+            cells.append(notes.get(name, ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

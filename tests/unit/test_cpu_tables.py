@@ -66,6 +66,17 @@ def test_rows_served_from_the_fidelity_records_run_the_same_command():
         assert methods3[name] == fidelity[name], name
 
 
+def _summary_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cpu_table_md", ROOT / "benchmarks" / "cpu_table_md.py"
+    )
+    md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(md)
+    return md
+
+
 def _record(folder: Path, best: float, last: float, status: str = "finished") -> None:
     import json
 
@@ -75,13 +86,7 @@ def _record(folder: Path, best: float, last: float, status: str = "finished") ->
 
 
 def test_the_summary_table_is_computed_from_the_records(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "cpu_table_md", ROOT / "benchmarks" / "cpu_table_md.py"
-    )
-    md = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(md)
+    md = _summary_module()
     runs = tmp_path / "runs"
     _record(runs / "alone" / "seed1", 0.60, 0.59)
     _record(runs / "alone" / "seed2", 0.62, 0.61)
@@ -99,3 +104,20 @@ def test_the_summary_table_is_computed_from_the_records(tmp_path):
     assert lines[4] == "| `at` | 1 | 70.00 | 50.00 | +9.00 | +5.00 |"
     with pytest.raises(SystemExit, match="no finished run records"):
         md.render(tmp_path / "empty")
+
+
+def test_the_summary_puts_a_rows_note_beside_it_and_refuses_notes_without_a_row(tmp_path):
+    import json
+
+    md = _summary_module()
+    runs = tmp_path / "runs"
+    _record(runs / "alone" / "seed1", 0.60, 0.59)
+    _record(runs / "at" / "seed1", 0.50, 0.50)
+    (tmp_path / "notes.json").write_text(json.dumps({"at": "feature term 2.4x the CE"}))
+    lines = md.render(runs).splitlines()
+    assert lines[0].endswith("| Δ vs alone | note |") and lines[1].endswith("---:|---|")
+    assert lines[2].endswith("| +0.00 |  |")
+    assert lines[3] == "| `at` | 1 | 50.00 | 50.00 | -10.00 | feature term 2.4x the CE |"
+    (tmp_path / "notes.json").write_text(json.dumps({"nst": "x"}))
+    with pytest.raises(SystemExit, match=r"rows without records: \['nst'\]"):
+        md.render(runs)
