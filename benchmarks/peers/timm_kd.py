@@ -17,7 +17,6 @@ Writes ``--result`` JSON: per-epoch training seconds and samples, and top-1 accu
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import time
@@ -29,7 +28,7 @@ from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.models import create_model
 from timm.optim import create_optimizer_v2
 from timm.task import FeatureDistillationTask, LogitDistillationTask
-from timm.utils import accuracy, random_seed
+from timm.utils import ParseKwargs, accuracy, random_seed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,26 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-steps", type=int, default=0, help="stop each epoch after N steps (0: all)"
     )
-    # train.py's key=value dictionaries (values read as Python literals), e.g.
+    # train.py's key=value dictionaries, parsed by the action train.py uses, e.g.
     # --model-kwargs zero_init_last=False --opt-kwargs filter_bias_and_bn=False
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--opt-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs)
+    p.add_argument("--opt-kwargs", nargs="*", default={}, action=ParseKwargs)
     p.add_argument("--result", required=True)
-    args = p.parse_args(argv)
-    args.model_kwargs = _kwargs(args.model_kwargs)
-    args.opt_kwargs = _kwargs(args.opt_kwargs)
-    return args
-
-
-def _kwargs(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+    return p.parse_args(argv)
 
 
 def build_task(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:
