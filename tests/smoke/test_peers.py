@@ -4,22 +4,21 @@ live in their own venv, created by `make bench-peers`)."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers.scripts import load_script
+
 PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"peers_{name}", PEERS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PEERS / f"{name}.py", f"peers_{name}")
 
 
 results = _load("results")
@@ -241,11 +240,7 @@ def test_every_tool_builds_the_same_student(tmp_path):
 
 
 def test_teacher_format_probe_prints_each_case_per_model():
-    import json
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peers" / "teacher_format.py"
+    script = PEERS / "teacher_format.py"
     out = subprocess.run(
         [sys.executable, str(script), "--models", "resnet18", "--reps", "1", "--threads", "1"],
         capture_output=True, text=True, check=True, timeout=300,

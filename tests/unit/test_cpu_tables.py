@@ -13,6 +13,7 @@ import pytest
 from kdlight.cli.train import without_method
 from kdlight.config import compose
 from kdlight.run.hparams import method_name
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("fidelity", "methods3", "methods3_resnet8", "deit", "vit")
@@ -67,14 +68,7 @@ def test_rows_served_from_the_fidelity_records_run_the_same_command():
 
 
 def _summary_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "cpu_table_md", ROOT / "benchmarks" / "cpu_table_md.py"
-    )
-    md = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(md)
-    return md
+    return load_script(ROOT / "benchmarks" / "cpu_table_md.py", "cpu_table_md")
 
 
 def _record(folder: Path, best: float, last: float, status: str = "finished") -> None:
