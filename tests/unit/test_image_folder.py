@@ -183,6 +183,26 @@ def test_a_sample_gets_the_same_crop_whatever_batch_or_worker_count(tree):
     assert not torch.equal(dm.view_batch(idx, 4), dm.view_batch(idx, 3))
 
 
+def test_persistent_workers_decode_each_epoch_for_its_view(tree):
+    """One loader, its workers started once, iterated over epochs 0, 1, 0 (a view is a
+    function of the epoch): every batch is decoded for its epoch's view, also after an epoch
+    cut short with batches still prefetched for the old view."""
+    dm = module(tree, num_workers=2, batch_size=5, aug_seed=1)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    workers = None
+    for e, whole in ((0, False), (1, True), (0, True)):
+        epoch(dm, e)
+        it = iter(loader)
+        workers = workers or [w.pid for w in it._workers]
+        assert [w.pid for w in it._workers] == workers  # the same processes every epoch
+        for k, b in enumerate(it):
+            assert b["view"] == e
+            assert torch.equal(dm.decode(b["idx"], e), b["x"])
+            if not whole and k == 1:
+                break  # the rest of this epoch's prefetched batches are dropped, not served later
+
+
 def test_the_view_follows_the_epoch_and_the_views_setting(tree):
     dm = module(tree, views=2)
     epoch(dm, 5)

@@ -256,6 +256,7 @@ class ImageFolderDataModule(ArrayDataModule):
             sampler=EpochSeededShuffle(data) if shuffle else None,
             drop_last=self.drops_last(split, len(data)),
             num_workers=workers,
+            persistent_workers=workers > 0,  # forked once, not every epoch (see Decoded)
             collate_fn=functools.partial(
                 collate, labels=None if train and self.unlabeled else labels, split=split
             ),
