@@ -103,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a trained torchvision teacher state dict (default: random)",
     )
+    p.add_argument(
+        "--zero-init-residual",
+        action="store_true",
+        help="random teachers start each residual block's last BatchNorm at zero "
+        "(torchvision's zero_init_residual; their files get a _zir suffix)",
+    )
     p.add_argument("--max-steps", type=int, default=0, help="steps per epoch (0: whole epochs)")
     p.add_argument(
         "--train-teacher",
@@ -338,7 +344,16 @@ def teacher_words(a: argparse.Namespace, path: Path) -> str:
             f"trained {info['epochs']} epochs on train/ (plain PyTorch, seed {info['seed']}): "
             f"{100 * info['val_acc']:.2f}% on val/"
         )
+    if a.zero_init_residual:
+        return "random weights (seed 0, zero_init_residual)"
     return "random weights (seed 0)"
+
+
+def random_teacher(a: argparse.Namespace, wd: Path, name: str) -> Path:
+    """The random ``name`` every tool loads (``--zero-init-residual``: a file of its own)."""
+    zir = a.zero_init_residual
+    path = wd / f"teacher_{name}_random{'_zir' if zir else ''}.pt"
+    return prepare.teacher(path, name, zero_init_residual=zir)
 
 
 def machine_info(kdlight_python: str) -> dict[str, Any]:
@@ -400,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"training the teacher once ({a.train_teacher} epochs) -> {wd / name}")
         teacher = prepare.trained_teacher(wd / name, data, a.teacher, a.train_teacher)
     else:
-        teacher = prepare.teacher(wd / f"teacher_{a.teacher}_random.pt", a.teacher)
+        teacher = random_teacher(a, wd, a.teacher)
     work = Work(
         data=data,
         teacher_ckpt=teacher,
@@ -436,23 +451,29 @@ def main(argv: list[str] | None = None) -> None:
     }
     load_start = os.getloadavg()
     rows: list[dict[str, Any]] = []
+
+    def save() -> dict[str, Any]:
+        """The document of the rows so far, written to ``--output`` after every case, so a
+        failing case (or a stop) keeps the cases measured before it."""
+        machine = machine_info(a.kdlight_python)
+        machine["loadavg_start"] = [round(x, 2) for x in load_start]
+        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        doc = results.document(machine, settings, rows)
+        if a.output:
+            Path(a.output).write_text(json.dumps(doc, indent=1) + "\n")
+        return doc
+
     for c in cases:
         rows += run_case(c, a, work, wd)
+        save()
     for t in [t.strip() for t in a.extra_teachers.split(",") if t.strip()]:
-        heavy = replace(
-            work, teacher=t, teacher_ckpt=prepare.teacher(wd / f"teacher_{t}_random.pt", t)
-        )
+        heavy = replace(work, teacher=t, teacher_ckpt=random_teacher(a, wd, t))
         for c in ("online", "sweep4"):
             if c in cases:
                 rows += run_case(c, a, heavy, wd, suffix=f" · teacher {t}")
-    machine = machine_info(a.kdlight_python)
-    machine["loadavg_start"] = [round(x, 2) for x in load_start]
-    machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    doc = results.document(machine, settings, rows)
-    text = json.dumps(doc, indent=1)
-    print(text)
-    if a.output:
-        Path(a.output).write_text(text + "\n")
+                save()
+    doc = save()
+    print(json.dumps(doc, indent=1))
     table = results.markdown_table(doc)
     if a.page:
         page = Path(a.page)

@@ -73,15 +73,27 @@ def subset(archive: Path, root: Path, train_per_class: int, val_per_class: int) 
     return desc
 
 
-def teacher(path: Path, name: str = "resnet18", num_classes: int = 10, seed: int = 0) -> Path:
-    """A randomly initialised torchvision ``name`` saved as a bare state dict at ``path`` (once)."""
+def teacher(
+    path: Path,
+    name: str = "resnet18",
+    num_classes: int = 10,
+    seed: int = 0,
+    zero_init_residual: bool = False,
+) -> Path:
+    """A randomly initialised torchvision ``name`` saved as a bare state dict at ``path`` (once).
+
+    ``zero_init_residual``: each residual block's last BatchNorm starts at zero (torchvision's
+    option, timm's default for its ResNets); without it a random ResNet-152's logits reach 1e5
+    on these images, beyond float16 and a softmax that is one-hot.
+    """
     if path.is_file():
         return path
     import torch
     import torchvision
 
     torch.manual_seed(seed)
-    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    kwargs = {"zero_init_residual": True} if zero_init_residual else {}
+    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path

@@ -251,3 +251,22 @@ def test_teacher_format_probe_prints_each_case_per_model():
         "nchw_weights_nhwc_batch", "nhwc_weights_nhwc_batch", "nchw_weights_nchw_batch"
     }  # fmt: skip
     assert all(v > 0 for v in ms["resnet18"].values())
+
+
+def test_kdlight_tests_the_student_only_as_the_peers(tmp_path):
+    # kdlight's default test pass also runs the teacher for test/agreement; the peers' do not
+    ov = commands.kdlight_overrides(_work(tmp_path), commands.Method(), store=None)
+    assert "module.log_agreement=false" in ov
+
+
+def test_a_zero_init_residual_teacher_has_its_own_file(tmp_path):
+    import torch
+
+    prepare = _load("prepare")
+    plain = prepare.teacher(tmp_path / "plain.pt", "resnet18")
+    zir = prepare.teacher(tmp_path / "zir.pt", "resnet18", zero_init_residual=True)
+    a, b = torch.load(plain, weights_only=True), torch.load(zir, weights_only=True)
+    assert a.keys() == b.keys()
+    last_bns = [k for k in b if k.endswith("bn2.weight") and k.startswith("layer")]
+    assert len(last_bns) == 8 and all(not b[k].any() and a[k].all() for k in last_bns)
+    assert torch.equal(a["conv1.weight"], b["conv1.weight"])  # the same seed's draws otherwise
