@@ -259,7 +259,7 @@ def test_kdlight_tests_the_student_only_as_the_peers(tmp_path):
     assert "module.log_agreement=false" in ov
 
 
-def test_a_zero_init_residual_teacher_has_its_own_file(tmp_path):
+def test_a_zero_init_residual_teacher_starts_each_blocks_last_bn_at_zero(tmp_path):
     import torch
 
     prepare = _load("prepare")

@@ -189,7 +189,7 @@ def test_persistent_workers_decode_each_epoch_for_its_view(tree):
     cut short with batches still prefetched for the old view."""
     dm = module(tree, num_workers=2, batch_size=5, aug_seed=1)
     loader = dm.train_dataloader()
-    assert loader.persistent_workers and loader.num_workers == 2
+    assert loader.persistent_workers and loader.num_workers >= 1  # 2, or fewer CPUs
     workers = None
     for e, whole in ((0, False), (1, True), (0, True)):
         epoch(dm, e)
