@@ -58,6 +58,7 @@ case "$TABLE" in
     ;;
   methods3)
     DOCS=docs/cpu_tables/methods3
+    SGD="module=sgd module.optimizer.lr=0.05"
     SHARED_ROWS="alone kd"  # the same commands as the fidelity table's rows: their records serve
     ROWS=(
       "alone|+experiment=cifar_cnn_5pct_cpu"
@@ -73,7 +74,12 @@ case "$TABLE" in
       "wsld|$KD distill=wsld"
       "tfkd|$KD distill=tfkd"
       "simkd|$KD distill=simkd"
-      "dot|$KD distill=dot"
+      # DOT is an optimizer (SGD with split task / distillation momenta): it cannot run under the
+      # table's Adam, so it has rows of its own under one SGD (mdistiller's CIFAR-100 lr 0.05,
+      # momentum 0.9, no schedule): the student alone, DOT's base KD (CE 0.1 + KD 0.9, T 4), DOT
+      "alone_sgd|+experiment=cifar_cnn_5pct_cpu $SGD"
+      "kd_sgd|$KD distill=kd distill.alpha=null distill.ce_weight=0.1 distill.kd_weight=0.9 distill.temperature=4 $SGD"
+      "dot|$KD distill=dot $SGD"
     )
     ;;
   methods3_resnet8)

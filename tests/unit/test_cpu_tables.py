@@ -40,13 +40,24 @@ def test_every_row_composes_and_names_its_method(table):
         cfg = compose(without_method(args))
         students.add(cfg.student._target_ + str(cfg.student.get("name", "")))
         method = "none" if cfg.get("distill") is None else method_name(cfg.distill._target_)
-        if name == "alone":
+        if name.startswith("alone"):
             assert method == "none", (name, method)
-        elif name in ("kd", "kd_ls", "fitnets_one_stage"):
+        elif name in ("kd", "kd_ls", "kd_sgd", "fitnets_one_stage"):
             assert method == name.split("_")[0], (name, method)
         else:
             assert method == name, (name, method)
     assert len(students) == 1, students  # one student per table: the rows compare methods
+
+
+def test_dot_rows_share_one_sgd():
+    # DOT is an optimizer: it is compared with the student alone and its base KD under its SGD
+    found = rows("methods3")
+    optims = {
+        n: compose(without_method(found[n])).module.optimizer
+        for n in ("alone_sgd", "kd_sgd", "dot")
+    }
+    assert all(o._target_ == "torch.optim.SGD" for o in optims.values())
+    assert len({(o.lr, o.momentum, o.weight_decay) for o in optims.values()}) == 1, optims
 
 
 def test_an_unknown_table_is_one_sentence_and_exit_2():
