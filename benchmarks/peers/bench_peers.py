@@ -449,14 +449,14 @@ def main(argv: list[str] | None = None) -> None:
         "quick": a.quick,
         "peers": peers,
     }
-    load_start = os.getloadavg()
+    load_start = [round(x, 2) for x in os.getloadavg()]  # before the probe below loads the CPU
+    machine = machine_info(a.kdlight_python)  # once: a subprocess that imports torch
+    machine["loadavg_start"] = load_start
     rows: list[dict[str, Any]] = []
 
     def save() -> dict[str, Any]:
         """The document of the rows so far, written to ``--output`` after every case, so a
         failing case (or a stop) keeps the cases measured before it."""
-        machine = machine_info(a.kdlight_python)
-        machine["loadavg_start"] = [round(x, 2) for x in load_start]
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         doc = results.document(machine, settings, rows)
         if a.output:
