@@ -42,7 +42,7 @@ def test_every_row_composes_and_names_its_method(table):
         method = "none" if cfg.get("distill") is None else method_name(cfg.distill._target_)
         if name.startswith("alone"):
             assert method == "none", (name, method)
-        elif name in ("kd", "kd_ls", "kd_sgd", "fitnets_one_stage"):
+        elif name in ("kd", "kd_ls", "kd_sgd", "fitnets_one_stage", "ab_carry"):
             assert method == name.split("_")[0], (name, method)
         else:
             assert method == name, (name, method)
@@ -58,6 +58,13 @@ def test_dot_rows_share_one_sgd():
     }
     assert all(o._target_ == "torch.optim.SGD" for o in optims.values())
     assert len({(o.lr, o.momentum, o.weight_decay) for o in optims.values()}) == 1, optims
+
+
+def test_ab_carry_differs_from_ab_only_in_the_optimizer_restart():
+    found = rows("methods3")
+    ab, carry = compose(found["ab"]).distill, compose(found["ab_carry"]).distill
+    assert ab.fresh_optimizer is True and carry.fresh_optimizer is False
+    assert {**ab, "fresh_optimizer": False} == {**carry}
 
 
 def test_an_unknown_table_is_one_sentence_and_exit_2():

@@ -27,8 +27,10 @@ from torch import nn
 
 from kdlight.engine import DistillationModule
 from kdlight.errors import ConfigError
+from kdlight.methods.ab import AB
 from kdlight.methods.base import Context
 from kdlight.methods.dot import DOT, DOTOptimizer
+from kdlight.methods.fsp import FSP
 from kdlight.methods.simkd import SimKD, projector
 from kdlight.methods.tfkd import TFKD
 from kdlight.methods.uskd import USKD, uskd_terms
@@ -351,3 +353,57 @@ def test_simkd_evaluates_and_exports_its_deployed_network(make_cfg, tmp_path):
     report = json.loads((out / "deployment.json").read_text())
     own = sum(p.numel() for p in student.parameters())
     assert report["models"]["student"]["parameters"] > own  # projector + teacher classifier
+
+
+# ---- staged methods: a fresh optimizer state when the second stage starts ----------------------
+class StateAtFirstBatch(L.Callback):
+    """The number of parameters with optimizer state when each epoch's first step starts."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.sizes[trainer.current_epoch] = len(trainer.optimizers[0].state)
+
+
+def conv_nets():
+    torch.manual_seed(0)
+
+    def net():
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4, 3),
+        )  # fmt: skip
+
+    return net(), net()
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_ab_second_stage_starts_with_a_fresh_adam_state(fresh):
+    student, teacher = conv_nets()
+    method = AB(init_epochs=1, fresh_optimizer=fresh, student_layers=["1:in"], teacher_layers=["1:in"])  # fmt: skip
+    adam = functools.partial(torch.optim.Adam, lr=1e-3)
+    x = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    module = DistillationModule(student, teacher, method, optimizer=adam, example_input=x[:2])
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels(6, 16, 3)), batch_size=8)  # fmt: skip
+    probe = StateAtFirstBatch()
+    trainer(max_epochs=3, callbacks=[probe]).fit(module, data)
+    trained_in_init = len(list(student[0].parameters())) + len(list(method.parameters()))
+    assert probe.sizes[0] == 0
+    assert probe.sizes[1] == (0 if fresh else trained_in_init)  # the AB stage's moments, or none
+    assert probe.sizes[2] > 0  # only the switch is afresh
+
+
+def test_fsp_restarts_only_when_its_init_stage_ends():
+    assert [FSP(init_epochs=2).restarts_optimizer(e) for e in range(4)] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert not any(FSP(init_epochs=0).restarts_optimizer(e) for e in range(3))
+    assert not any(
+        FSP(init_epochs=2, fresh_optimizer=False).restarts_optimizer(e) for e in range(4)
+    )
+    assert DOT().restarts_optimizer(0) is False  # the default: never

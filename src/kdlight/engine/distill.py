@@ -219,6 +219,11 @@ class DistillationModule(EvalModule):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         trainer = self.trainer
+        if self.method.restarts_optimizer(self.current_epoch):
+            for optimizer in trainer.optimizers:
+                getattr(optimizer, "optimizer", optimizer).state.clear()  # Lightning's wrapper
+            log.info("epoch %d: the optimizer's state starts afresh (%s's next stage)",
+                     self.current_epoch, type(self.method).__name__)  # fmt: skip
         self.teacher_outputs.start_epoch(
             trainer.datamodule,
             self.current_epoch,

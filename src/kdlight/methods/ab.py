@@ -16,7 +16,10 @@ gets no gradient) and the connectors with L_AB alone; the remaining epochs train
 student with ``gamma * CE + alpha * KD + beta * L_AB``. RepDistiller's second stage has no AB
 term (``loss_kd = 0``), hence ``beta = 0``; its init stage runs 30 epochs before its 240
 (kdlight counts them inside ``trainer.max_epochs``; the default 2 is a CPU-scale choice as
-FitNets' ``hint_epochs``). mu = 1 is ``ABLoss``'s default.
+FitNets' ``hint_epochs``). mu = 1 is ``ABLoss``'s default. RepDistiller's init stage has an
+SGD of its own; ``fresh_optimizer=True`` (default) likewise clears the run's optimizer state
+when the second stage starts: under Adam, the AB stage's gradients (about 9x the cross-entropy's
+on the CPU table's pair) would otherwise scale down the next hundreds of steps.
 
 Layers: ``auto`` taps the stages' pre-ReLU maps (RepDistiller's ``preact=True`` ``feat[1:-1]``;
 see :func:`kdlight.methods.ofd.pre_relu_layers`), paired from the shallowest. Named layers
@@ -67,6 +70,11 @@ def check_stages(method: FeatureKD, init_epochs) -> int:
     return int(init_epochs)
 
 
+def restarts_after_init(method: FeatureKD, epoch: int) -> bool:
+    """``epoch`` is the first after a non-empty init stage and ``method.fresh_optimizer`` is set."""
+    return bool(method.fresh_optimizer) and 0 < method.init_epochs == epoch
+
+
 def ab_distance(source: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
     """RepDistiller's ``criterion_alternative_l2``: the alternative L2 summed over every element."""
     return (
@@ -103,6 +111,9 @@ class AB(FeatureKD):
         margin: mu, > 0 (1).
         init_epochs: epochs of the AB-only initialisation stage, >= 0 (0: none).
         beta: weight of L_AB after the initialisation stage, >= 0 (RepDistiller: none, 0).
+        fresh_optimizer: clear the optimizer's state when the second stage starts (True: as
+            RepDistiller, whose init stage has an optimizer of its own; False: Adam's moments
+            from the AB stage carry over).
         gamma, alpha, temperature: see :class:`kdlight.methods.features.FeatureKD`.
         student_layers / teacher_layers: ``auto`` (the stages' pre-ReLU maps) or lists of names.
 
@@ -114,11 +125,17 @@ class AB(FeatureKD):
     needs_maps = True
 
     def __init__(
-        self, margin: float = 1.0, init_epochs: int = 2, beta: float = 0.0, **kwargs
+        self,
+        margin: float = 1.0,
+        init_epochs: int = 2,
+        beta: float = 0.0,
+        fresh_optimizer: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__(beta, **kwargs)
         self.margin = check_range("margin", margin, 0.0, low_open=True)
         self.init_epochs = check_stages(self, init_epochs)
+        self.fresh_optimizer = bool(fresh_optimizer)
         self.connectors = nn.ModuleList()
         self.student_shapes: list[tuple[int, ...]] = []
         self.teacher_channels: list[int] = []
@@ -146,6 +163,9 @@ class AB(FeatureKD):
 
     def in_init_stage(self, epoch: int) -> bool:
         return epoch < self.init_epochs
+
+    def restarts_optimizer(self, epoch: int) -> bool:
+        return restarts_after_init(self, epoch)
 
     def plan(self, epoch: int) -> Plan:
         # no stop_early: a tap at a shared ReLU's input must see that ReLU's last call
@@ -177,4 +197,9 @@ class AB(FeatureKD):
         return super().forward(ctx) if self.beta > 0 else ce_kd(self, ctx)
 
     def hparams(self) -> dict:
-        return {**super().hparams(), "margin": self.margin, "init_epochs": self.init_epochs}
+        return {
+            **super().hparams(),
+            "margin": self.margin,
+            "init_epochs": self.init_epochs,
+            "fresh_optimizer": self.fresh_optimizer,
+        }

@@ -213,6 +213,17 @@ class Method(nn.Module):
         self.load_state_dict(state)
 
     # ---- optimisation --------------------------------------------------------------------
+    def restarts_optimizer(self, epoch: int) -> bool:
+        """True: the optimizer's state (momenta, Adam's moments) is cleared before ``epoch``.
+
+        A staged method whose authors train its later stage with a new optimizer (AB's and
+        FSP's init stages: RepDistiller's ``init`` builds its own SGD) says so for the later
+        stage's first epoch, so the first stage's gradient scale is not carried over (Adam
+        remembers about 1/(1 - beta2) steps). The learning-rate schedule is not restarted.
+        Default: never.
+        """
+        return False
+
     def optimizer(self, factory: Callable[..., Any], params: list[torch.Tensor]):
         """The optimizer of ``params``, or None: the engine's (``factory(params=...)``).
 

@@ -19,7 +19,8 @@ train the student up to its last tapped layer with L_FSP alone (the forwards sto
 remaining epochs train the whole student with ``gamma * CE + alpha * KD + beta * L_FSP``.
 RepDistiller's second stage has no FSP term (``loss_kd = 0``), hence ``beta = 0``; its init
 stage runs 30 epochs before its 240 (the default 2 is a CPU-scale choice as FitNets'
-``hint_epochs``).
+``hint_epochs``). RepDistiller's init stage has an SGD of its own; ``fresh_optimizer=True``
+(default) likewise clears the run's optimizer state when the second stage starts.
 
 Layers: ``auto`` is RepDistiller's ``feat[:-1]``: the input of the first declared stage (the
 stem's output of a ResNet, ``layer1:in``) and every declared stage output. The teacher's part
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.errors import ConfigError
-from kdlight.methods.ab import ce_kd, check_stages
+from kdlight.methods.ab import ce_kd, check_stages, restarts_after_init
 from kdlight.methods.base import Context, Plan
 from kdlight.methods.features import FeatureKD, stage_layers
 
@@ -58,6 +59,8 @@ class FSP(FeatureKD):
     Args:
         init_epochs: epochs of the FSP-only initialisation stage, >= 0 (0: none).
         beta: weight of L_FSP after the initialisation stage, >= 0 (RepDistiller: none, 0).
+        fresh_optimizer: clear the optimizer's state when the second stage starts (True: as
+            RepDistiller's init stage, which has an optimizer of its own).
         gamma, alpha, temperature: see :class:`kdlight.methods.features.FeatureKD`.
         student_layers / teacher_layers: ``auto`` or lists of >= 2 names, paired in order.
 
@@ -68,9 +71,12 @@ class FSP(FeatureKD):
     term = "loss_fsp"
     needs_maps = True
 
-    def __init__(self, init_epochs: int = 2, beta: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self, init_epochs: int = 2, beta: float = 0.0, fresh_optimizer: bool = True, **kwargs
+    ) -> None:
         super().__init__(beta, **kwargs)
         self.init_epochs = check_stages(self, init_epochs)
+        self.fresh_optimizer = bool(fresh_optimizer)
 
     def resolve_layers(self, student: nn.Module, teacher: nn.Module) -> None:
         for side, net, role in (("student_spec", student, "student"), ("teacher_spec", teacher, "teacher")):  # fmt: skip
@@ -101,6 +107,9 @@ class FSP(FeatureKD):
     def in_init_stage(self, epoch: int) -> bool:
         return epoch < self.init_epochs
 
+    def restarts_optimizer(self, epoch: int) -> bool:
+        return restarts_after_init(self, epoch)
+
     def plan(self, epoch: int) -> Plan:
         if self.in_init_stage(epoch):
             return Plan(
@@ -125,4 +134,8 @@ class FSP(FeatureKD):
         return super().forward(ctx) if self.beta > 0 else ce_kd(self, ctx)
 
     def hparams(self) -> dict:
-        return {**super().hparams(), "init_epochs": self.init_epochs}
+        return {
+            **super().hparams(),
+            "init_epochs": self.init_epochs,
+            "fresh_optimizer": self.fresh_optimizer,
+        }
