@@ -1,15 +1,16 @@
 """A diagnostic callback: the scale of Adam's second moments over the student's parameters.
 
 Used to explain a two-stage method's result (docs/results/cifar10-cpu.md, "Where a sign
-disagrees"): an AB / FT / FSP init stage runs the run's optimizer on another loss, and Adam's
-second moments (beta2 0.999, a memory of about 1,000 steps) carry that loss's gradient scale
-into the cross-entropy stage. Not part of kdlight: put ``benchmarks/`` on PYTHONPATH and add
+disagrees"): with ``distill.fresh_optimizer=false`` an AB or FSP init stage trains the
+student with the run's optimizer on another loss, and Adam's second moments (beta2 0.999, a
+memory of about 1,000 steps) carry that loss's gradient scale into the cross-entropy stage. Not part of kdlight: put ``benchmarks/`` on PYTHONPATH and add
 
     +callbacks.probe._target_=diagnose.optimizer_state.AdamStateProbe
     +callbacks.probe.out=PATH.json [+callbacks.probe.reset_at_epoch=2]
 
 At the start of every training epoch it records the root mean square over the student's
-parameters (``pl_module.net``) of sqrt(exp_avg_sq) (Adam's per-parameter step denominator),
+parameters (``pl_module.net``) of sqrt(exp_avg_sq) (Adam's per-parameter step denominator,
+raw: divide by sqrt(1 - beta2^t) after t steps for the bias-corrected one),
 and, at ``reset_at_epoch``, clears the optimizer's state after recording (as the authors'
 code, which builds a new optimizer for the second stage). The record is written as JSON
 after every epoch.
