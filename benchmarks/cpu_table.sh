@@ -59,6 +59,7 @@ case "$TABLE" in
   methods3)
     DOCS=docs/cpu_tables/methods3
     SGD="module=sgd module.optimizer.lr=0.05"
+    VS="--versus method=kd,logit_standardization=false,optimizer=Adam"  # kd, not DOT's kd_sgd
     SHARED_ROWS="alone kd"  # the same commands as the fidelity table's rows: their records serve
     ROWS=(
       "alone|+experiment=cifar_cnn_5pct_cpu"
