@@ -50,7 +50,7 @@ def test_probe_records_adam_second_moment_and_resets(tmp_path):
     # lr 0: the weight stays 0, every step's gradient is d/dw (w.x - y)^2 = -2 y x
     g = -2 * y[0, 0] * x[0]
 
-    def rms_after(steps: int) -> float:  # noqa: E306
+    def rms_after(steps: int) -> float:
         v = torch.zeros(3)
         for _ in range(steps):
             v = 0.999 * v + 0.001 * g * g
@@ -60,10 +60,7 @@ def test_probe_records_adam_second_moment_and_resets(tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
     assert epochs[0]["rms_sqrt_v"] is None  # no step yet: no state
     assert epochs[1]["rms_sqrt_v"] == pytest.approx(rms_after(1), rel=1e-6)
-    assert epochs[2]["rms_sqrt_v"] == pytest.approx(
-        rms_after(2), rel=1e-6
-    )  # recorded before the reset
+    # epoch 2: recorded before the reset; epoch 3: one step since the reset
+    assert epochs[2]["rms_sqrt_v"] == pytest.approx(rms_after(2), rel=1e-6)
     assert epochs[2]["reset"] is True
-    assert epochs[3]["rms_sqrt_v"] == pytest.approx(
-        rms_after(1), rel=1e-6
-    )  # one step since the reset
+    assert epochs[3]["rms_sqrt_v"] == pytest.approx(rms_after(1), rel=1e-6)

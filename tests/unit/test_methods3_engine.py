@@ -8,7 +8,8 @@ imported there for them). No test here needs the authors' repositories.
 Engine hooks: a teacher-free method builds, loads, trains and stores no teacher; SimKD's test
 accuracy, ``kdlight eval`` and ``kdlight export`` use the deployed network (student, projector,
 the teacher's classifier), whose ONNX and TorchScript files give PyTorch's logits; DOT refuses
-an optimizer other than SGD.
+an optimizer other than SGD; AB and FSP clear the optimizer's state when their second stage
+starts (``fresh_optimizer``).
 """
 
 from __future__ import annotations
@@ -396,14 +397,10 @@ def test_ab_second_stage_starts_with_a_fresh_adam_state(fresh):
 
 
 def test_fsp_restarts_only_when_its_init_stage_ends():
-    assert [FSP(init_epochs=2).restarts_optimizer(e) for e in range(4)] == [
-        False,
-        False,
-        True,
-        False,
-    ]
-    assert not any(FSP(init_epochs=0).restarts_optimizer(e) for e in range(3))
-    assert not any(
-        FSP(init_epochs=2, fresh_optimizer=False).restarts_optimizer(e) for e in range(4)
-    )
+    def restarts(**kw) -> list[bool]:
+        return [FSP(**kw).restarts_optimizer(e) for e in range(4)]
+
+    assert restarts(init_epochs=2) == [False, False, True, False]
+    assert not any(restarts(init_epochs=0))
+    assert not any(restarts(init_epochs=2, fresh_optimizer=False))
     assert DOT().restarts_optimizer(0) is False  # the default: never
