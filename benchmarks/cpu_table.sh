@@ -65,7 +65,7 @@ case "$TABLE" in
       "alone|+experiment=cifar_cnn_5pct_cpu"
       "kd|$KD distill=kd"
       "ab|$KD distill=ab"
-      # AB as first run, its Adam moments carried from the AB stage into the cross-entropy stage
+      # AB as kdlight first ran it: its Adam moments carried from the AB stage into the cross-entropy stage
       # (the docs' "where a sign disagrees": what a fresh optimizer state changes)
       "ab_carry|$KD distill=ab distill.fresh_optimizer=false"
       "ft|$KD distill=ft"

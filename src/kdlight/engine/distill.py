@@ -220,8 +220,8 @@ class DistillationModule(EvalModule):
         super().on_train_epoch_start()
         trainer = self.trainer
         if self.method.restarts_optimizer(self.current_epoch):
-            for optimizer in trainer.optimizers:
-                getattr(optimizer, "optimizer", optimizer).state.clear()  # Lightning's wrapper
+            for optimizer in trainer.optimizers:  # the torch optimizers themselves
+                optimizer.state.clear()
             log.info("epoch %d: the optimizer's state starts afresh (%s's next stage)",
                      self.current_epoch, type(self.method).__name__)  # fmt: skip
         self.teacher_outputs.start_epoch(
